@@ -1,0 +1,1 @@
+"""The ``fmpn`` console script: one entry point, one module per subcommand group."""

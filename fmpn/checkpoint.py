@@ -1,0 +1,113 @@
+"""One-file checkpoints: weights in safetensors, everything else as JSON in its metadata.
+
+Loading never unpickles anything: safetensors holds only tensors and strings. The file carries the
+profile, the class names, the face-crop template and the training config, so a checkpoint alone is
+enough to rebuild the model and pre-process faces the way it was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from fmpn.models.fmpn import FMPN, build_fmpn
+from fmpn.profiles import Profile
+
+FORMAT = "fmpn-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, corrupt or does not fit the model asked for."""
+
+
+@dataclass
+class Checkpoint:
+    profile: Profile
+    classes: list[str]
+    state_dict: dict[str, torch.Tensor]
+    template: list[list[float]] | None = None  # 5-point face template in crop-relative coordinates
+    config: dict[str, Any] = field(default_factory=dict)  # training config and results
+
+    def build_model(self) -> FMPN:
+        model = build_fmpn(self.profile, len(self.classes))
+        try:
+            missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
+        except RuntimeError as exc:  # shape mismatch
+            raise CheckpointError(f"checkpoint does not fit profile {self.profile.name!r}: {exc}") from None
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint does not fit profile {self.profile.name!r}: "
+                f"{len(missing)} missing keys (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+        return model.eval()
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: FMPN,
+    profile: Profile,
+    classes: list[str],
+    *,
+    template: list[list[float]] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "profile": json.dumps(profile.to_dict()),
+        "classes": json.dumps(list(classes)),
+        "template": json.dumps(template),
+        "config": json.dumps(config or {}),
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(path)  # never leave a half-written checkpoint behind
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        meta = read_metadata(path)
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        return Checkpoint(
+            profile=Profile.from_dict(json.loads(meta["profile"])),
+            classes=json.loads(meta["classes"]),
+            state_dict=state,
+            template=json.loads(meta.get("template", "null")),
+            config=json.loads(meta.get("config", "{}")),
+        )
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} has broken metadata: {exc}") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,15 @@
+from fmpn.models.classifier import build_classifier
+from fmpn.models.fmpn import FMPN, build_fmpn, fmpn_cpu, fmpn_paper, to_gray
+from fmpn.models.fusion import PriorFusionNet
+from fmpn.models.generator import MotionMaskGenerator
+
+__all__ = [
+    "FMPN",
+    "MotionMaskGenerator",
+    "PriorFusionNet",
+    "build_classifier",
+    "build_fmpn",
+    "fmpn_cpu",
+    "fmpn_paper",
+    "to_gray",
+]

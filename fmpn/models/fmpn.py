@@ -1,0 +1,56 @@
+"""The composite FMPN: RGB face in [0, 1] -> (class logits, motion mask)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fmpn.models.classifier import build_classifier
+from fmpn.models.fusion import PriorFusionNet
+from fmpn.models.generator import MotionMaskGenerator
+from fmpn.profiles import CPU, PAPER, Profile
+
+# ITU-R 601 luma, the weights PIL's convert('L') uses.
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def to_gray(rgb: Tensor) -> Tensor:
+    """(B, 3, H, W) -> (B, 1, H, W) grey image; a 1-channel input is returned as is."""
+    if rgb.shape[1] == 1:
+        return rgb
+    w = torch.tensor(_LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * w).sum(dim=1, keepdim=True)
+
+
+class FMPN(nn.Module):
+    """FMG predicts the mask from the grey face; PFN fuses mask x grey with the colour face; CN classifies."""
+
+    def __init__(self, generator: nn.Module, fusion: nn.Module, classifier: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+        self.fusion = fusion
+        self.classifier = classifier
+
+    def forward(self, rgb: Tensor) -> tuple[Tensor, Tensor]:
+        gray = to_gray(rgb)
+        mask = self.generator(gray)
+        fused = self.fusion(rgb.expand(-1, 3, -1, -1), mask * gray)
+        return self.classifier(fused), mask
+
+
+def build_fmpn(profile: Profile, num_classes: int, backbone_weights: str | None = None) -> FMPN:
+    return FMPN(
+        generator=MotionMaskGenerator(profile.image_size, profile.ngf, profile.n_blocks, profile.norm),
+        fusion=PriorFusionNet(),
+        classifier=build_classifier(profile.backbone, num_classes, backbone_weights),
+    )
+
+
+def fmpn_paper(num_classes: int = 7, backbone_weights: str | None = None) -> FMPN:
+    """The paper's model: 299 px, FMG ngf 64 with 4 blocks, Inception-v3."""
+    return build_fmpn(PAPER, num_classes, backbone_weights)
+
+
+def fmpn_cpu(num_classes: int = 7, backbone_weights: str | None = None) -> FMPN:
+    """The 2-core CPU model: 64 px, a narrow FMG, ResNet-18."""
+    return build_fmpn(CPU, num_classes, backbone_weights)

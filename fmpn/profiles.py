@@ -1,0 +1,81 @@
+"""Named model profiles: every size, schedule and loss weight in one typed place.
+
+Profiles differ only in numbers; the code path (FMG -> PFN -> CN, two training stages) is the same
+for all of them. ``paper`` is the original FMPN setting; ``cpu`` is sized from measurements on a
+2-core machine (see ``bench/bench_model.py`` and the README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One training stage: constant lr for ``niter`` epochs, then linear decay over ``niter_decay``."""
+
+    niter: int
+    niter_decay: int
+    batch_size: int
+    lr: float = 1e-4
+    fmg_lr: float = 1e-5  # stage 2 only: the generator's smaller learning rate
+    beta1: float = 0.5
+
+    @property
+    def epochs(self) -> int:
+        return self.niter + self.niter_decay
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    image_size: int  # the square crop the nets see
+    load_size: int  # images are resized to this before the (five-)crop
+    ngf: int = 64  # generator width
+    n_blocks: int = 4  # generator residual blocks
+    norm: str = "batch"  # generator norm: batch | instance | none
+    backbone: str = "inception_v3"  # torchvision classifier name
+    lambda_cls: float = 1.0
+    lambda_mask: float = 0.1
+    stage1: Schedule = field(default_factory=lambda: Schedule(150, 150, 32))
+    stage2: Schedule = field(default_factory=lambda: Schedule(100, 100, 16))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Profile:
+        data = dict(data)
+        for key in ("stage1", "stage2"):
+            if isinstance(data.get(key), dict):
+                data[key] = Schedule(**data[key])
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> Profile:
+        return dataclasses.replace(self, **changes)
+
+
+PAPER = Profile(name="paper", image_size=299, load_size=320)
+
+# Sized on the 2-core CPU: <= 25 ms a face (batch 1) and >= 40 img/s stage-2 training.
+CPU = Profile(
+    name="cpu",
+    image_size=64,
+    load_size=68,
+    ngf=16,
+    n_blocks=4,
+    backbone="resnet18",
+    stage1=Schedule(niter=10, niter_decay=10, batch_size=32, lr=1e-3),
+    stage2=Schedule(niter=15, niter_decay=15, batch_size=32, lr=1e-3, fmg_lr=1e-4),
+)
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (PAPER, CPU)}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise ValueError(f"unknown profile {name!r}; known profiles: {', '.join(PROFILES)}") from None

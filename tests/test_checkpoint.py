@@ -1,0 +1,45 @@
+"""Checkpoints: one safetensors file, no pickle, bit-identical outputs after a round trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fmpn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fmpn.models import build_fmpn
+from fmpn.profiles import CPU
+
+
+def test_round_trip_gives_bit_identical_outputs(tmp_path) -> None:
+    profile = CPU.replace(ngf=8)
+    model = build_fmpn(profile, 7)
+    # Move BN statistics away from their defaults so they are part of what is checked.
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, 64, 64))
+    model.eval()
+    classes = ["anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"]
+    path = save_checkpoint(tmp_path / "m.safetensors", model, profile, classes, config={"epochs": 3})
+    ckpt = load_checkpoint(path)
+    assert ckpt.profile == profile and ckpt.classes == classes and ckpt.config == {"epochs": 3}
+    restored = ckpt.build_model()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), restored(x)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_bad_files_give_clear_errors(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(bad)
+    path = save_checkpoint(
+        tmp_path / "m.safetensors", build_fmpn(CPU.replace(ngf=8), 7), CPU.replace(ngf=8), list("abcdefg")
+    )
+    ckpt = load_checkpoint(path)
+    ckpt.profile = CPU  # ngf 16: the weights do not fit
+    with pytest.raises(CheckpointError, match="does not fit"):
+        ckpt.build_model()
