@@ -57,3 +57,34 @@ def masks_for_classes(
             )
         assert out[-1].shape == size
     return out
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> Path:
+    """Save a (H, W) uint8 mask as an 8-bit grey PNG, creating the folder."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"a mask is a (H, W) uint8 array, got {mask.shape} {mask.dtype}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask, mode="L").save(path)
+    return path
+
+
+def list_mask_folds(root: str | Path) -> list[int]:
+    """The numbered fold folders (``root/<k>/``) of a mask tree, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"mask folder {root} does not exist")
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def mask_correlation(mask: np.ndarray, reference: np.ndarray) -> float:
+    """Pearson correlation of two masks; ``mask`` is resized (bilinear) to ``reference``'s size first."""
+    a = np.asarray(mask, dtype=np.float32)
+    b = np.asarray(reference, dtype=np.float32)
+    if a.shape != b.shape:
+        a = cv2.resize(a, (b.shape[1], b.shape[0]), interpolation=cv2.INTER_LINEAR)
+    a = a.ravel() - a.mean()
+    b = b.ravel() - b.mean()
+    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else 0.0

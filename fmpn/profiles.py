@@ -37,6 +37,7 @@ class Profile:
     n_blocks: int = 4  # generator residual blocks
     norm: str = "batch"  # generator norm: batch | instance | none
     backbone: str = "inception_v3"  # torchvision classifier name
+    prior: bool = True  # False: the ablation, the CN alone on the colour face (no FMG, no PFN)
     lambda_cls: float = 1.0
     lambda_mask: float = 0.1
     stage1: Schedule = field(default_factory=lambda: Schedule(150, 150, 32))

@@ -15,35 +15,39 @@ _LUMA = (0.299, 0.587, 0.114)
 
 
 def to_gray(rgb: Tensor) -> Tensor:
-    """(B, 3, H, W) -> (B, 1, H, W) grey image; a 1-channel input is returned as is."""
-    if rgb.shape[1] == 1:
-        return rgb
+    """(B, 3, H, W) -> (B, 1, H, W) grey image, the luma PIL's convert('L') computes."""
     w = torch.tensor(_LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
     return (rgb * w).sum(dim=1, keepdim=True)
 
 
 class FMPN(nn.Module):
-    """FMG predicts the mask from the grey face; PFN fuses mask x grey with the colour face; CN classifies."""
+    """FMG predicts the mask from the grey face; PFN fuses mask x grey with the colour face; CN classifies.
 
-    def __init__(self, generator: nn.Module, fusion: nn.Module, classifier: nn.Module) -> None:
+    Without a generator and fusion net (the ablation) the CN sees the colour face and the mask is None.
+    """
+
+    def __init__(self, generator: nn.Module | None, fusion: nn.Module | None, classifier: nn.Module) -> None:
         super().__init__()
         self.generator = generator
         self.fusion = fusion
         self.classifier = classifier
 
-    def forward(self, rgb: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, rgb: Tensor) -> tuple[Tensor, Tensor | None]:
+        rgb = rgb.expand(-1, 3, -1, -1)
+        if self.generator is None or self.fusion is None:
+            return self.classifier(rgb), None
         gray = to_gray(rgb)
         mask = self.generator(gray)
-        fused = self.fusion(rgb.expand(-1, 3, -1, -1), mask * gray)
+        fused = self.fusion(rgb, mask * gray)
         return self.classifier(fused), mask
 
 
 def build_fmpn(profile: Profile, num_classes: int, backbone_weights: str | None = None) -> FMPN:
-    return FMPN(
-        generator=MotionMaskGenerator(profile.image_size, profile.ngf, profile.n_blocks, profile.norm),
-        fusion=PriorFusionNet(),
-        classifier=build_classifier(profile.backbone, num_classes, backbone_weights),
-    )
+    classifier = build_classifier(profile.backbone, num_classes, backbone_weights)
+    if not profile.prior:
+        return FMPN(None, None, classifier)
+    generator = MotionMaskGenerator(profile.image_size, profile.ngf, profile.n_blocks, profile.norm)
+    return FMPN(generator, PriorFusionNet(), classifier)
 
 
 def fmpn_paper(num_classes: int = 7, backbone_weights: str | None = None) -> FMPN:

@@ -1,0 +1,53 @@
+"""``fmpn evaluate CHECKPOINT --data ...``: accuracy, per-class recall, confusion matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset")
+    p.add_argument("checkpoint")
+    p.add_argument("--layout", choices=["folder", "ckplus48", "fmpn"], default="folder")
+    p.add_argument("--data", required=True, help="dataset root (folder layout: root/<class>/<img>)")
+    p.add_argument("--fold", type=int, help="test fold (ckplus48, fmpn)")
+    p.add_argument("--dataset", choices=["ckplus", "mmi", "affectnet"], default="ckplus")
+    p.add_argument("--images", help="image folder for the fmpn layout")
+    p.add_argument("--split", choices=["train", "test"], default="test", help="ckplus48 / fmpn: which side of the fold")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from fmpn.checkpoint import load_checkpoint
+    from fmpn.data import ckplus48_samples, fmpn_samples, folder_samples
+    from training.data import make_dataset
+    from training.evaluate import evaluate, remap
+
+    ckpt = load_checkpoint(args.checkpoint)
+    if args.layout == "folder":
+        split = folder_samples(args.data)
+    elif args.layout == "ckplus48":
+        split = ckplus48_samples(args.data, _fold(args), args.split)
+    else:
+        name = "_ids.csv" if args.dataset == "affectnet" else f"_ids_{_fold(args)}.csv"
+        split = fmpn_samples(args.data, args.split + name, args.dataset, args.images)
+    split, skipped, dropped = remap(split, ckpt.classes)
+    device = torch.device(args.device)
+    dataset = make_dataset(split, ckpt.profile, None, train=False)
+    result = evaluate(
+        ckpt.build_model().to(device), dataset, device, args.batch_size, skipped_classes=skipped, skipped_images=dropped
+    )
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
+    return 0
+
+
+def _fold(args: argparse.Namespace) -> int:
+    if args.fold is None:
+        raise ValueError(f"--layout {args.layout} needs --fold")
+    return args.fold

@@ -1,0 +1,160 @@
+"""``fmpn train stage1|stage2`` and ``fmpn cv``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--layout",
+        choices=["folder", "ckplus48", "fmpn"],
+        default="folder",
+        help="folder: root/<class>/<img> (FER2013); ckplus48: CK+48 with its fold column; "
+        "fmpn: the original layout (split CSVs + labels)",
+    )
+    g.add_argument("--data", required=True, help="dataset root")
+    g.add_argument("--val", help="validation root (folder layout), e.g. fer2013/val")
+    g.add_argument("--fold", type=int, help="test fold 0-9 (CK+, MMI)")
+    g.add_argument("--dataset", choices=["ckplus", "mmi", "affectnet"], default="ckplus", help="fmpn layout only")
+    g.add_argument("--images", help="image folder for the fmpn layout, if not <data>/imgs (searched by file name)")
+    g.add_argument("--masks", help="folder of <class>.png masks; {fold} is replaced by the fold")
+    g.add_argument("--mask-classes", help="comma-separated class names of the mask files (default: CK+ order)")
+    g.add_argument("--limit", type=int, help="use only N training images (class-balanced), for smoke runs")
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="cpu", help="model profile: cpu or paper")
+    p.add_argument("--out", required=True, help="run folder (resumes from its last.pt)")
+    p.add_argument("--niter", type=int, help="epochs at full learning rate (default: the profile's)")
+    p.add_argument("--niter-decay", type=int, help="epochs of linear decay (default: the profile's)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="bf16 autocast (default: CUDA)")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network")
+    p.add_argument("--max-steps", type=int, help="stop each epoch after N steps (smoke runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--stop-after", type=int, help="end after N epochs; running the same command again resumes")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="train one stage")
+    stages = train.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    s1 = stages.add_parser("stage1", help="the mask generator alone (MSE on the class masks)")
+    s2 = stages.add_parser("stage2", help="generator + fusion + classifier jointly (CE + lambda * MSE)")
+    for p in (s1, s2):
+        add_data_args(p)
+        add_train_args(p)
+    s2.add_argument("--init", help="checkpoint to start from (the stage-1 model, or a pretrained model)")
+    s2.add_argument(
+        "--init-parts", default="generator", help="sub-nets to take from --init: generator,fusion,classifier"
+    )
+    s2.add_argument("--ablation", action="store_true", help="the classifier alone, without the motion prior")
+    s2.add_argument(
+        "--select",
+        choices=["last", "val"],
+        default="last",
+        help="keep the final epoch (the paper) or the best validation accuracy",
+    )
+    s1.set_defaults(func=cmd_train)
+    s2.set_defaults(func=cmd_train)
+
+    cv = sub.add_parser("cv", help="10-fold cross-validation: both stages per fold, per-fold table and mean")
+    add_data_args(cv)
+    add_train_args(cv)
+    cv.add_argument("--folds", default="0-9", help="e.g. 0-9 or 0,3,5")
+    cv.add_argument("--ablation", action="store_true", help="the classifier alone (stage 2 only, no prior)")
+    cv.add_argument("--pretrained", help="start stage 2 of each fold from this checkpoint (e.g. FER2013), no stage 1")
+    cv.add_argument("--stage1-niter", type=int, help="stage-1 epochs at full lr (default: the profile's)")
+    cv.add_argument("--stage1-niter-decay", type=int)
+    cv.set_defaults(func=cmd_cv)
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _configs(args: argparse.Namespace, stage: int):
+    from training.config import DataConfig, TrainConfig
+
+    data = DataConfig(
+        layout=args.layout,
+        root=args.data,
+        val_root=args.val,
+        fold=args.fold,
+        dataset=args.dataset,
+        images=args.images,
+        masks=args.masks,
+        mask_classes=args.mask_classes.split(",") if args.mask_classes else None,
+        limit=args.limit,
+    )
+    return TrainConfig(
+        stage=stage,
+        data=data,
+        out=args.out,
+        profile=args.profile,
+        niter=args.niter,
+        niter_decay=args.niter_decay,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        max_steps=args.max_steps,
+        stop_after=args.stop_after,
+        progress=not args.no_progress,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.loop import train
+
+    _configure_logging()
+    cfg = _configs(args, 1 if args.stage == "stage1" else 2)
+    if cfg.stage == 2:
+        cfg.init, cfg.ablation, cfg.select = args.init, args.ablation, args.select
+        cfg.init_parts = args.init_parts.split(",")
+    result = train(cfg)
+    print(f"model written to {result.checkpoint}")
+    return 0
+
+
+def parse_folds(text: str) -> list[int]:
+    folds: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            folds += range(int(a), int(b) + 1)
+        else:
+            folds.append(int(part))
+    return folds
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    import copy
+
+    from training.cv import format_table, mean_accuracy, run_cv
+
+    _configure_logging()
+    stage2 = _configs(args, 2)
+    stage2.ablation = args.ablation
+    stage1 = None
+    if args.pretrained:
+        stage2.init, stage2.init_parts = args.pretrained, ["generator", "fusion", "classifier"]
+    elif not args.ablation:
+        stage1 = copy.deepcopy(stage2)
+        stage1.stage, stage1.niter, stage1.niter_decay = 1, args.stage1_niter, args.stage1_niter_decay
+        stage1.lr = None
+    results = run_cv(stage1, stage2, parse_folds(args.folds), args.out)
+    print(format_table(results))
+    print(f"mean of folds: {mean_accuracy(results):.4f}")
+    return 0

@@ -1,0 +1,81 @@
+"""The original FMPN pre-processing, shared by image and mask.
+
+Resize the shorter side to ``load_size``, then take one of the five ``image_size`` crops (train with
+augmentation: a random one; otherwise the centre) and flip with p = 0.5 (train only). The same crop
+and flip go to the image and its class mask, as the original's shared ``lucky_dict``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+CENTRE = 4  # five_crop order: top-left, top-right, bottom-left, bottom-right, centre
+
+
+def resize_shorter(image: Image.Image, size: int) -> Image.Image:
+    w, h = image.size
+    if min(w, h) == size:
+        return image
+    if w <= h:
+        return image.resize((size, max(size, round(h * size / w))), Image.BILINEAR)
+    return image.resize((max(size, round(w * size / h)), size), Image.BILINEAR)
+
+
+def crop_box(height: int, width: int, size: int, index: int) -> tuple[int, int]:
+    """Top-left corner of five-crop ``index`` (torchvision's five_crop/center_crop geometry)."""
+    if index == 0:
+        return 0, 0
+    if index == 1:
+        return 0, width - size
+    if index == 2:
+        return height - size, 0
+    if index == 3:
+        return height - size, width - size
+    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+
+
+def to_tensor(image: Image.Image | np.ndarray) -> Tensor:
+    """uint8 (H, W[, C]) -> float (C, H, W) in [0, 1], no mean/std normalisation (as the original)."""
+    arr = np.asarray(image, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+
+
+class PairedTransform:
+    """Image (+ its class mask) -> cropped tensors; one random crop/flip decision for both."""
+
+    def __init__(self, image_size: int, load_size: int, train: bool, augment: bool = True) -> None:
+        if load_size < image_size:
+            raise ValueError(f"load_size {load_size} must be >= image_size {image_size}")
+        self.image_size, self.load_size = image_size, load_size
+        self.random = train and augment
+        self._masks: dict[tuple[int, int, int], Tensor] = {}  # (id(mask), h, w) -> resized mask
+
+    def __call__(self, image: Image.Image, mask: np.ndarray | None = None) -> tuple[Tensor, Tensor | None]:
+        img = to_tensor(resize_shorter(image.convert("RGB"), self.load_size))
+        _, h, w = img.shape
+        if mask is not None:
+            key = (id(mask), h, w)
+            if key not in self._masks:
+                self._masks[key] = mask_tensor(mask, h, w)
+            mask = self._masks[key]
+        index = int(torch.randint(5, ()).item()) if self.random else CENTRE
+        flip = self.random and bool(torch.rand(()) < 0.5)
+        top, left = crop_box(h, w, self.image_size, index)
+        img = img[:, top : top + self.image_size, left : left + self.image_size]
+        if mask is not None:
+            mask = mask[:, top : top + self.image_size, left : left + self.image_size]
+        if flip:
+            img = img.flip(-1)
+            mask = mask.flip(-1) if mask is not None else None
+        return img, mask
+
+
+def mask_tensor(mask: np.ndarray, height: int, width: int) -> Tensor:
+    """A class mask resized (bilinear, as the original's PIL resize) to the resized image's size."""
+    im = Image.fromarray(mask).resize((width, height), Image.BILINEAR)
+    return to_tensor(im)

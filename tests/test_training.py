@@ -1,0 +1,115 @@
+"""Real training on a few dozen CK+48 images: the loss falls, resume is exact, DDP ranks agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmpn.checkpoint import load_checkpoint
+from fmpn.models import build_fmpn
+from fmpn.profiles import CPU
+from training.config import DataConfig, TrainConfig
+from training.cv import format_table, run_cv
+from training.loop import train
+from training.schedule import linear_decay
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def data(ckplus48, fmpn_original) -> DataConfig:
+    masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
+    return DataConfig(layout="ckplus48", root=str(ckplus48), fold=0, masks=masks, limit=32)
+
+
+def config(data: DataConfig, out: Path, stage: int, **kw) -> TrainConfig:
+    base = dict(niter=4, niter_decay=0, batch_size=16, lr=2e-3, progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(stage=stage, data=data, out=str(out), **base)
+
+
+def test_linear_decay_matches_the_original_schedule() -> None:
+    rule = linear_decay(150, 150)
+    assert rule(148) == 1.0  # epoch 149
+    assert rule(149) == pytest.approx(150 / 151)  # epoch 150 starts the decay
+    assert rule(299) == 0.0  # the last epoch trains at lr 0, as the original
+
+
+def test_stage1_then_stage2_losses_fall_and_checkpoint_loads(data, tmp_path) -> None:
+    s1 = train(config(data, tmp_path / "s1", stage=1, niter=6, lr=5e-3))
+    mse = [r["mse"] for r in s1.history]
+    assert mse[-1] < mse[0], mse
+    s2 = train(config(data, tmp_path / "s2", stage=2, niter=6, init=str(s1.checkpoint)))
+    ce = [r["ce"] for r in s2.history]
+    assert ce[-1] < ce[0], ce
+    assert "eval_accuracy" in s2.history[-1]
+    ckpt = load_checkpoint(s2.checkpoint)
+    assert ckpt.classes[1] == "contempt" and ckpt.profile.name == "cpu"
+    assert ckpt.config["train"]["stage"] == 2
+    # Stage 2 started from stage 1's generator, not from a fresh one.
+    g1 = load_checkpoint(s1.checkpoint).state_dict["generator.encoder.0.weight"]
+    assert not torch.equal(g1, s2.model.state_dict()["generator.encoder.0.weight"])  # and went on training it
+    assert (tmp_path / "s2" / "tb").is_dir() and any((tmp_path / "s2" / "tb").iterdir())
+
+
+def test_resume_continues_exactly_where_it_stopped(data, tmp_path) -> None:
+    kw = dict(niter=2, niter_decay=1, max_steps=1)  # three epochs at lr x1, x0.5, x0
+    straight = train(config(data, tmp_path / "straight", stage=2, **kw))
+    first = train(config(data, tmp_path / "resumed", stage=2, stop_after=1, **kw))
+    assert first.checkpoint.name == "last.pt" and len(first.history) == 1
+    assert not (tmp_path / "resumed" / "model.safetensors").exists()
+    resumed = train(config(data, tmp_path / "resumed", stage=2, **kw))
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
+    assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_cv_runs_folds_resumes_and_prints_the_table(data, tmp_path) -> None:
+    stage2 = config(data, tmp_path, stage=2, niter=1, max_steps=1, ablation=True)
+    results = run_cv(None, stage2, [0, 9], tmp_path / "cv")
+    assert [r["fold"] for r in results] == [0, 9]
+    assert results[0]["n"] == 78 and results[1]["n"] == 111  # the original fold sizes
+    table = format_table(results)
+    assert "| fold | 0 | 9 | mean |" in table
+    # A second call finds both folds done and trains nothing.
+    before = (tmp_path / "cv" / "fold_0" / "result.json").stat().st_mtime_ns
+    run_cv(None, stage2, [0, 9], tmp_path / "cv")
+    assert (tmp_path / "cv" / "fold_0" / "result.json").stat().st_mtime_ns == before
+
+
+def test_two_process_ddp_step_leaves_identical_weights(ckplus48, fmpn_original, tmp_path) -> None:
+    masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(ckplus48),
+        masks,
+        str(tmp_path),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    saved = load_checkpoint(tmp_path / "model.safetensors").state_dict  # written by rank 0
+    torch.manual_seed(0)  # rank 0's seed: the weights both ranks started from (DDP broadcasts them)
+    initial = build_fmpn(CPU, 7).state_dict()
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    for key in params:
+        assert torch.equal(a[key], b[key]), key
+        assert torch.equal(a[key], saved[key]), key
+    assert sum(not torch.equal(a[k], initial[k]) for k in params) > len(params) // 2  # they trained

@@ -1,0 +1,91 @@
+"""Accuracy, per-class recall and the confusion matrix of a model on a dataset."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from fmpn.classes import map_classes
+from fmpn.data import FaceDataset, Sample, SampleSet
+from fmpn.models import FMPN
+
+
+@dataclass
+class EvalResult:
+    classes: list[str]
+    n: int
+    accuracy: float
+    per_class_recall: list[float | None]  # None for a class with no test image
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    skipped_classes: list[str]  # dataset classes the model does not know
+    skipped_images: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        width = max(len(c) for c in self.classes)
+        lines = [f"accuracy {self.accuracy:.4f} ({round(self.accuracy * self.n)}/{self.n})", "", "per-class recall:"]
+        for name, recall, row in zip(self.classes, self.per_class_recall, self.confusion, strict=True):
+            shown = "   -  " if recall is None else f"{recall:.4f}"
+            lines.append(f"  {name:<{width}}  {shown}  (n={sum(row)})")
+        lines += [
+            "",
+            "confusion (rows true, columns predicted):",
+            " " * (width + 2) + " ".join(c[:5].rjust(5) for c in self.classes),
+        ]
+        lines += [
+            f"  {name:<{width}}" + " ".join(f"{v:5d}" for v in row)
+            for name, row in zip(self.classes, self.confusion, strict=True)
+        ]
+        if self.skipped_classes:
+            lines.append(
+                f"\nskipped dataset classes the model does not have: {', '.join(self.skipped_classes)} "
+                f"({self.skipped_images} images)"
+            )
+        return "\n".join(lines)
+
+
+def remap(split: SampleSet, model_classes: list[str]) -> tuple[SampleSet, list[str], int]:
+    """Relabel ``split`` into the model's classes by name; drop (and report) classes it lacks."""
+    mapping = map_classes(split.classes, model_classes)
+    skipped = [c for i, c in enumerate(split.classes) if i not in mapping] + split.skipped_classes
+    kept = [Sample(s.path, mapping[s.label]) for s in split.samples if s.label in mapping]
+    dropped = len(split.samples) - len(kept)
+    if not kept:
+        raise ValueError(f"none of the dataset classes {split.classes} match the model classes {model_classes}")
+    return SampleSet(kept, list(model_classes), skipped, split.unreadable), skipped, dropped
+
+
+@torch.inference_mode()
+def evaluate(
+    model: FMPN,
+    dataset: FaceDataset,
+    device: torch.device,
+    batch_size: int = 128,
+    amp: bool = False,
+    skipped_classes: list[str] | None = None,
+    skipped_images: int = 0,
+) -> EvalResult:
+    model.eval()
+    k = len(dataset.classes)
+    confusion = torch.zeros(k, k, dtype=torch.long)
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits, _ = model(batch["image"].to(device))
+        pred = logits.float().argmax(1).cpu()
+        confusion += torch.bincount(batch["label"] * k + pred, minlength=k * k).view(k, k)
+    n = int(confusion.sum())
+    support = confusion.sum(1)
+    recall = [None if support[i] == 0 else float(confusion[i, i] / support[i]) for i in range(k)]
+    return EvalResult(
+        classes=list(dataset.classes),
+        n=n,
+        accuracy=float(confusion.diag().sum() / max(n, 1)),
+        per_class_recall=recall,
+        confusion=confusion.tolist(),
+        skipped_classes=skipped_classes or [],
+        skipped_images=skipped_images,
+    )

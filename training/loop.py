@@ -1,0 +1,281 @@
+"""The two training stages, top to bottom.
+
+Stage 1 trains the FMG alone: grey face -> mask, MSE against the class mask.
+Stage 2 trains FMG + PFN + CN: CE(logits, y) + lambda * MSE(mask, class mask), with the FMG at a
+10x smaller learning rate. Both use Adam (beta1 0.5) and the original's linear decay, save a
+resumable state every epoch (``last.pt``: weights, optimizer, scheduler, epoch, RNG) and write the
+final model as a checkpoint (``model.safetensors``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+from torchvision.utils import make_grid
+from tqdm import tqdm
+
+from fmpn.align import TEMPLATES
+from fmpn.checkpoint import load_checkpoint, save_checkpoint
+from fmpn.models import FMPN, build_fmpn, to_gray
+from fmpn.profiles import Profile, Schedule
+from training import distributed
+from training.config import TrainConfig
+from training.data import load_splits, make_dataset
+from training.evaluate import evaluate
+from training.schedule import linear_decay
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path  # written by rank 0
+    model: FMPN  # this rank's trained model
+    history: list[dict]
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run one stage (resuming from ``cfg.out/last.pt`` if it is there)."""
+    info, device = distributed.setup(cfg.device)
+    out = Path(cfg.out)
+    profile, schedule = cfg.resolved_profile(), cfg.schedule()
+    amp = device.type == "cuda" if cfg.amp is None else cfg.amp
+    seed_everything(cfg.seed + info.rank)
+
+    # Data: the class masks are the FMG's targets, so both stages need them unless the prior is off.
+    splits = load_splits(cfg.data)
+    needs_masks = cfg.stage == 1 or profile.prior
+    if needs_masks and splits.masks is None:
+        raise ValueError("this stage needs class masks: pass --masks (a folder of <class>.png)")
+    train_set = make_dataset(splits.train, profile, splits.masks if needs_masks else None, train=True)
+    eval_set = make_dataset(splits.eval, profile, None, train=False) if splits.eval else None
+    sampler = DistributedSampler(train_set, seed=cfg.seed) if info.enabled else None
+    loader = DataLoader(
+        train_set,
+        batch_size=schedule.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.workers,
+        drop_last=False,
+        persistent_workers=cfg.workers > 0,
+    )
+
+    # Model, optionally initialised from an earlier stage or a pretrained checkpoint.
+    model = build_fmpn(profile, len(splits.classes))
+    if cfg.init:
+        load_parts(model, cfg.init, cfg.init_parts, splits.classes)
+    if cfg.stage == 1 and model.generator is None:
+        raise ValueError("stage 1 trains the generator; it cannot run with --ablation")
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net: torch.nn.Module = model.generator if cfg.stage == 1 else model
+    optimizer = make_optimizer(model, schedule, cfg.stage)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_decay(schedule.niter, schedule.niter_decay))
+    if info.enabled:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    step_net = torch.compile(net) if cfg.compile else net
+
+    # Resume: everything that decides the next step comes back from last.pt.
+    state_path = out / "last.pt"
+    start_epoch, history, best = 0, [], -1.0
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history, best = state["epoch"], state["history"], state["best"]
+        restore_rng(state["rng"])
+        log.info("resumed %s at epoch %d", out, start_epoch)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    writer = SummaryWriter(str(out / "tb")) if info.is_main else None
+
+    end_epoch = schedule.epochs if cfg.stop_after is None else min(schedule.epochs, start_epoch + cfg.stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        totals, seen, t0 = {"loss": 0.0, "ce": 0.0, "mse": 0.0}, 0, time.perf_counter()
+        bar = tqdm(
+            loader,
+            desc=f"stage {cfg.stage} epoch {epoch + 1}/{schedule.epochs}",
+            disable=not (cfg.progress and info.is_main),
+            leave=False,
+        )
+        for step, batch in enumerate(bar):
+            if cfg.max_steps is not None and step >= cfg.max_steps:
+                break
+            rgb = batch["image"].to(device, non_blocking=True)
+            if cfg.channels_last:
+                rgb = rgb.contiguous(memory_format=torch.channels_last)
+            target = batch["mask"].to(device) if "mask" in batch else None
+            labels = batch["label"].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                if cfg.stage == 1:
+                    mask = step_net(to_gray(rgb))
+                    logits = None
+                else:
+                    logits, mask = step_net(rgb)
+            losses = compute_losses(logits, mask, labels, target, profile, cfg.stage)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            n = rgb.shape[0]
+            seen += n
+            for key, value in losses.items():
+                totals[key] += value.item() * n
+            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}")
+            global_step = epoch * len(loader) + step
+            if writer and step % cfg.log_every == 0:
+                for key, value in losses.items():
+                    writer.add_scalar(f"train/{key}", value.item(), global_step)
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+
+        record = {k: v / max(seen, 1) for k, v in totals.items()}
+        record.update(
+            epoch=epoch + 1,
+            img_per_s=seen * info.world_size / (time.perf_counter() - t0),
+            lr=lr,
+        )
+        if info.is_main and eval_set is not None and cfg.stage == 2:
+            result = evaluate(model, eval_set, device, amp=amp)
+            record["eval_accuracy"] = result.accuracy
+            if cfg.select == "val" and result.accuracy > best:
+                best = result.accuracy
+                save_model(out / "best.safetensors", model, profile, splits.classes, cfg, record)
+        history.append(record)
+        if info.is_main:
+            log_epoch(writer, record, model, rgb, mask)
+            log.info("epoch %s", json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()}))
+            save_state(state_path, model, optimizer, scheduler, epoch + 1, history, best)
+        distributed.barrier(info)
+
+    final = out / "model.safetensors"
+    if end_epoch < schedule.epochs:  # stopped early on request: last.pt holds everything to go on
+        distributed.teardown(info)
+        return TrainResult(state_path, model, history)
+    if info.is_main:
+        if cfg.select == "val" and (out / "best.safetensors").is_file():
+            (out / "best.safetensors").replace(final)
+        else:
+            save_model(final, model, profile, splits.classes, cfg, history[-1] if history else {})
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        writer.close()
+    distributed.barrier(info)
+    distributed.teardown(info)
+    return TrainResult(final, model, history)
+
+
+def compute_losses(logits, mask, labels, target, profile: Profile, stage: int) -> dict[str, torch.Tensor]:
+    """Stage 1: MSE. Stage 2: lambda_cls * CE + lambda_mask * MSE (MSE in fp32, as advised for AMP)."""
+    zero = torch.zeros((), device=labels.device)
+    mse = F.mse_loss(mask.float(), target.float()) if mask is not None and target is not None else zero
+    if stage == 1:
+        return {"loss": mse, "ce": zero, "mse": mse}
+    ce = F.cross_entropy(logits.float(), labels)
+    return {"loss": profile.lambda_cls * ce + profile.lambda_mask * mse, "ce": ce, "mse": mse}
+
+
+def make_optimizer(model: FMPN, schedule: Schedule, stage: int) -> torch.optim.Optimizer:
+    """Adam(beta1 0.5): stage 1 the FMG alone; stage 2 three groups, the FMG at ``fmg_lr``."""
+    betas = (schedule.beta1, 0.999)
+    if stage == 1:
+        return torch.optim.Adam(model.generator.parameters(), lr=schedule.lr, betas=betas)
+    groups = [{"params": model.classifier.parameters(), "lr": schedule.lr}]
+    if model.generator is not None:
+        groups += [
+            {"params": model.fusion.parameters(), "lr": schedule.lr},
+            {"params": model.generator.parameters(), "lr": schedule.fmg_lr},
+        ]
+    return torch.optim.Adam(groups, betas=betas)
+
+
+HEAD_PREFIXES = ("classifier.fc.", "classifier.classifier.")
+
+
+def load_parts(model: FMPN, path: str, parts: list[str], classes: list[str]) -> None:
+    """Copy the named sub-nets from a checkpoint; tensors whose shape differs are skipped, and so is
+    the classifier head when the checkpoint's classes are not ours (pretraining on another dataset)."""
+    ckpt = load_checkpoint(path)
+    source = ckpt.state_dict
+    if ckpt.classes != list(classes):
+        source = {k: v for k, v in source.items() if not k.startswith(HEAD_PREFIXES)}
+    own = model.state_dict()
+    take = {k: v for k, v in source.items() if k.split(".")[0] in parts and k in own and own[k].shape == v.shape}
+    if not take:
+        raise ValueError(f"{path} has no weights for {', '.join(parts)} that fit this model")
+    model.load_state_dict(take, strict=False)
+    skipped = [k for k in source if k.split(".")[0] in parts and k not in take]
+    log.info(
+        "initialised %d tensors of %s from %s (%d skipped, e.g. %s)", len(take), parts, path, len(skipped), skipped[:2]
+    )
+
+
+def save_model(path: Path, model: FMPN, profile: Profile, classes: list[str], cfg: TrainConfig, record: dict) -> None:
+    template = TEMPLATES.get(_dataset_name(cfg))
+    save_checkpoint(path, model, profile, classes, template=template, config={"train": cfg.to_dict(), "result": record})
+
+
+def _dataset_name(cfg: TrainConfig) -> str:
+    return "ckplus48" if cfg.data.layout == "ckplus48" or "ckplus48" in str(cfg.data.images) else "fer2013"
+
+
+def save_state(path: Path, model, optimizer, scheduler, epoch: int, history: list, best: float) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "best": best,
+        "rng": capture_rng(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def capture_rng() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def log_epoch(writer: SummaryWriter | None, record: dict, model: FMPN, rgb: torch.Tensor, mask) -> None:
+    if writer is None:
+        return
+    epoch = record["epoch"]
+    for key, value in record.items():
+        if key != "epoch":
+            writer.add_scalar(f"epoch/{key}", value, epoch)
+    if mask is not None:
+        k = min(16, rgb.shape[0])
+        writer.add_image("masks/predicted", make_grid(mask[:k].detach().float().cpu(), nrow=8), epoch)
+        writer.add_image("masks/faces", make_grid(rgb[:k].detach().float().cpu(), nrow=8), epoch)
+    writer.flush()
