@@ -1,0 +1,151 @@
+"""Loaders for every supported layout, the shared augmentation, and bad data reported clearly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli.main import main as fmpn_main
+from fmpn.checkpoint import save_checkpoint
+from fmpn.classes import CKPLUS, FER2013, MMI
+from fmpn.data import FaceDataset, PairedTransform, ckplus48_samples, fmpn_samples, folder_samples, read_labels
+from fmpn.models import build_fmpn
+from fmpn.profiles import CPU
+from training.config import DataConfig, TrainConfig
+from training.loop import train
+
+
+def test_ckplus_split_files_and_fold_column_agree(ckplus48, fmpn_original) -> None:
+    for fold in (0, 7):
+        by_csv = fmpn_samples(fmpn_original / "CKPlus", f"test_ids_{fold}.csv", "ckplus", images=ckplus48)
+        by_column = ckplus48_samples(ckplus48, fold, "test")
+        assert [(s.path.name, s.label) for s in by_csv.samples] == [(s.path.name, s.label) for s in by_column.samples]
+    train = ckplus48_samples(ckplus48, 0, "train")
+    assert len(train.samples) == 903 and train.counts()[1] == 54 - 30  # fold 0 holds 10 of 18 contempt sequences
+    assert train.classes == list(CKPLUS)
+
+
+def test_label_pickle_is_read_without_unpickling_objects(fmpn_original, tmp_path) -> None:
+    labels = read_labels(fmpn_original / "CKPlus" / "emotion_labels.pkl")
+    assert labels == read_labels(fmpn_original / "CKPlus" / "emotion_labels.csv")
+    evil = tmp_path / "evil.pkl"
+    evil.write_bytes(b"cos\nsystem\n(S'true'\ntR.")  # a pickle that would call os.system
+    with pytest.raises(Exception, match="only plain data"):
+        read_labels(evil)
+
+
+def _stand_in_images(names: list[str], source: Path, folder: Path) -> None:
+    """Small generated stand-ins for licensed images we do not have (MMI, AffectNet): real CK+ faces renamed."""
+    faces = sorted(source.rglob("*.png"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        Image.open(faces[i * 7 % len(faces)]).convert("RGB").save(folder / name)
+
+
+def test_mmi_layout_with_stand_in_images(ckplus48, fmpn_original, tmp_path) -> None:
+    root = tmp_path / "MMI"
+    shutil.copytree(fmpn_original / "MMI", root, ignore=shutil.ignore_patterns("imgs_res"))
+    names = (root / "test_ids_0.csv").read_text().split()
+    _stand_in_images(names, ckplus48, root / "imgs")
+    split = fmpn_samples(root, "test_ids_0.csv", "mmi")
+    assert len(split.samples) == 63 and split.classes == list(MMI)
+    assert {s.label for s in split.samples} <= set(range(6))
+    (root / "imgs" / names[0]).unlink()
+    with pytest.raises(FileNotFoundError, match=names[0]):
+        fmpn_samples(root, "test_ids_0.csv", "mmi")
+
+
+def test_affectnet_stage2_runs_with_ckplus_masks_mapped_by_name(ckplus48, fmpn_original, tmp_path) -> None:
+    """The original could not run stage 2 on AffectNet (no grey image, no masks in its loader); ours can."""
+    root = tmp_path / "AffectNet"
+    root.mkdir()
+    names = {s: (fmpn_original / "AffectNet" / f"{s}_ids.csv").read_text().split()[:14] for s in ("train", "test")}
+    for split, listed in names.items():
+        (root / f"{split}_ids.csv").write_text("\n".join(listed))
+        _stand_in_images(listed, ckplus48, root / "imgs")
+    all_names = names["train"] + names["test"]
+    (root / "emotion_labels.csv").write_text(
+        "image,label\n" + "\n".join(f"{n},{i % 7}" for i, n in enumerate(all_names))
+    )
+    data = DataConfig(
+        layout="fmpn", root=str(root), dataset="affectnet", masks=str(fmpn_original / "CKPlus" / "imgs_res" / "0")
+    )
+    cfg = TrainConfig(
+        stage=2,
+        data=data,
+        out=str(tmp_path / "run"),
+        niter=1,
+        niter_decay=1,
+        batch_size=7,
+        progress=False,
+        device="cpu",
+    )
+    result = train(cfg)
+    assert result.history[-1]["mse"] > 0 and "eval_accuracy" in result.history[-1]
+
+
+def test_class_folder_aliases_and_unreadable_images(fer2013, tmp_path) -> None:
+    root = tmp_path / "set"
+    for folder, source in (("Angry", "angry"), ("happiness", "happy"), ("surprised", "surprise"), ("tired", "sad")):
+        (root / folder).mkdir(parents=True)
+        for src in sorted((fer2013 / "val" / source).iterdir())[:3]:
+            shutil.copy(src, root / folder / src.name)
+    (root / "Angry" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    split = folder_samples(root, FER2013)
+    assert split.skipped_classes == ["tired"]
+    assert [c for c, n in zip(split.classes, split.counts(), strict=True) if n] == ["angry", "happy", "surprise"]
+    assert len(split.unreadable) == 1 and split.unreadable[0][0].name == "broken.jpg"
+    with pytest.raises(FileNotFoundError, match="not found"):
+        folder_samples(tmp_path / "nowhere")
+
+
+def test_augmentation_shares_crop_and_flip_between_image_and_mask(ckplus48) -> None:
+    split = ckplus48_samples(ckplus48, 0, "test", check=False)
+    ramp = np.tile(np.arange(48, dtype=np.uint8) * 5, (48, 1))  # the mask encodes x, so a flip or shift shows
+    transform = PairedTransform(image_size=40, load_size=48, train=True)
+    ds = FaceDataset(split, transform, masks=[ramp] * 7)
+    torch.manual_seed(0)
+    seen = set()
+    for i in range(40):
+        item = ds[i % len(ds)]
+        img_full = torch.from_numpy(
+            np.asarray(Image.open(split.samples[i % len(ds)].path).convert("L"), dtype=np.float32) / 255
+        )
+        mask_row = item["mask"][0, 0]
+        flipped = bool(mask_row[0] > mask_row[-1])
+        left = int(round(float(mask_row.min()) * 255 / 5))
+        top = next(
+            t
+            for t in range(9)
+            if torch.allclose(
+                (
+                    img_full[t : t + 40, left : left + 40].flip(-1)
+                    if flipped
+                    else img_full[t : t + 40, left : left + 40]
+                ),
+                item["image"][0],
+                atol=1 / 255,
+            )
+        )
+        seen.add((top, left, flipped))
+    assert {s[2] for s in seen} == {True, False} and len({s[:2] for s in seen}) >= 4
+
+
+def test_evaluate_cli_maps_classes_by_name_and_reports_skips(ckplus48, tmp_path, capsys) -> None:
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "m.safetensors", build_fmpn(CPU, 7), CPU, list(FER2013))
+    assert (
+        fmpn_main(["evaluate", str(ckpt), "--layout", "ckplus48", "--data", str(ckplus48), "--fold", "0", "--json"])
+        == 0
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert out["skipped_classes"] == ["contempt"] and out["skipped_images"] == 30
+    assert out["n"] == 48 and len(out["confusion"]) == 7 and sum(map(sum, out["confusion"])) == 48
+    assert fmpn_main(["evaluate", str(ckpt), "--layout", "ckplus48", "--data", str(ckplus48)]) == 2
+    assert "--fold" in capsys.readouterr().err
