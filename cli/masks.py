@@ -16,6 +16,7 @@ import sys
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("masks", help="crop template and motion masks: template, generate, compare, grid")
     sub = parser.add_subparsers(dest="masks_command", required=True, metavar="ACTION")
+    register_figures(sub)
 
     t = sub.add_parser("template", help="measure the mean MTCNN 5-point landmarks of a folder of face crops")
     t.add_argument("data_dir", help="folder of face crops (searched recursively), e.g. ../shared/data/fer2013/train")
@@ -153,4 +154,29 @@ def cmd_grid(args: argparse.Namespace) -> int:
         reframe=_reframe(args.reframe, args.generated_dir),
     )
     print(f"wrote {out}")
+    return 0
+
+
+def register_figures(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("figures", help="docs figures: class masks, predicted masks on validation faces")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="class-folder validation set, e.g. ../shared/data/fer2013/val")
+    p.add_argument("--masks", required=True, help="the CK+ mask folder the model was trained with")
+    p.add_argument("--out", default="docs", help="output folder")
+    p.add_argument("--per-class", type=int, default=4)
+    p.set_defaults(func=cmd_figures)
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fmpn.checkpoint import load_checkpoint
+    from fmpn.classes import CKPLUS
+    from training.figures import class_masks_figure, fer2013_class_masks, predicted_masks_figure
+
+    classes = load_checkpoint(args.checkpoint).classes
+    out = Path(args.out)
+    a = class_masks_figure(fer2013_class_masks(args.masks, classes, CKPLUS), classes, out / "class-masks.png")
+    b = predicted_masks_figure(args.checkpoint, args.data, out / "predicted-masks.png", args.per_class)
+    print(f"wrote {a} and {b}")
     return 0
