@@ -16,8 +16,8 @@ _LUMA = (0.299, 0.587, 0.114)
 
 def to_gray(rgb: Tensor) -> Tensor:
     """(B, 3, H, W) -> (B, 1, H, W) grey image, the luma PIL's convert('L') computes."""
-    w = torch.tensor(_LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    return (rgb * w).sum(dim=1, keepdim=True)
+    r, g, b = _LUMA  # plain scalars: no per-call tensor (and host-to-device copy on CUDA)
+    return r * rgb[:, 0:1] + g * rgb[:, 1:2] + b * rgb[:, 2:3]
 
 
 class FMPN(nn.Module):

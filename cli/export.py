@@ -1,0 +1,71 @@
+"""``fmpn export CHECKPOINT --format onnx|torchscript --out PATH``: a checkpoint as an ONNX or TorchScript file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+FORMATS = ("onnx", "torchscript")  # kept in step with training.export.FORMATS (not imported: torch is slow)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript",
+        description=(
+            "Export a checkpoint (eval mode) to ONNX (dynamic batch axis, outputs 'logits' and 'mask') or "
+            "TorchScript (torch.jit.trace). The class names, profile and image size are embedded in the file."
+        ),
+    )
+    parser.add_argument("checkpoint", help="checkpoint file (.safetensors)")
+    parser.add_argument(
+        "--format", dest="fmt", required=True, help=f"export format: {' or '.join(FORMATS)}", metavar="FORMAT"
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        metavar="PATH",
+        help="output file (default: beside the checkpoint, .onnx or .torchscript.pt)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1, metavar="N", help="batch of the traced example input (default 1)"
+    )
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the exported file (onnxruntime / torch.jit.load) on random faces and print the max error",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from training.export import check_format, export_checkpoint
+
+    fmt = check_format(args.fmt)  # before loading anything: a bad format is a one-line error
+    result = export_checkpoint(args.checkpoint, fmt, args.out, batch_size=args.batch_size, opset=args.opset)
+    meta = result.metadata
+    print(
+        f"exported {args.checkpoint} -> {result.path} ({fmt}, {result.size_bytes / 1e6:.1f} MB): "
+        f"profile {meta['profile']}, input (batch, 3, {meta['image_size']}, {meta['image_size']}), "
+        f"classes {', '.join(json.loads(meta['classes']))}"
+    )
+    if args.verify:
+        import torch
+
+        from fmpn.checkpoint import load_checkpoint
+        from training.export import max_errors
+
+        model = load_checkpoint(args.checkpoint).build_model()
+        size = int(meta["image_size"])
+        for batch in (1, 8):
+            rgb = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+            err_logits, err_mask = max_errors(model, result.path, fmt, rgb)
+            with torch.no_grad():
+                scale = model(rgb)[0].abs().max().item()
+            print(
+                f"verify batch {batch}: max |logits - torch| = {err_logits:.2e} "
+                f"({err_logits / max(scale, 1e-12):.1e} of max |logits| {scale:.3g}), "
+                f"max |mask - torch| = {err_mask:.2e}"
+            )
+    return 0

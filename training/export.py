@@ -1,0 +1,237 @@
+"""Export a checkpoint to ONNX or TorchScript for serving outside this package.
+
+Both formats take ``rgb``: a float32 (B, 3, S, S) batch in [0, 1] with S the profile's image size,
+and return ``logits`` (B, num_classes) and ``mask`` (B, 1, S, S); the batch axis is dynamic. The
+model is exported in eval mode (BN running statistics, no dropout). The exported graph always takes
+three channels: a grey face must be repeated to RGB by the caller (the checkpoint's ``to_gray`` is
+traced for 3-channel input).
+
+The class names, profile and image size travel inside the file:
+
+* ONNX: ``metadata_props`` (keys in :data:`METADATA_KEYS`; ``classes``, ``profile_json`` and
+  ``template`` are JSON strings);
+* TorchScript: an extra file ``fmpn.json`` in the archive, read back with
+  ``torch.jit.load(path, _extra_files={"fmpn.json": ""})``.
+
+:func:`read_export_metadata` reads either back as a ``dict[str, str]``.
+
+ONNX export uses the TorchScript-based exporter (``dynamo=False``): the torch.export-based one
+needs ``onnxscript``, which is not a dependency. It is deprecated in torch >= 2.9 but still present
+in the pinned torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fmpn.checkpoint import load_checkpoint
+from fmpn.profiles import Profile
+
+FORMATS = ("onnx", "torchscript")
+EXPORT_FORMAT = "fmpn-export/1"
+DEFAULT_OPSET = 17
+INPUT_NAME = "rgb"
+OUTPUT_NAMES = ("logits", "mask")
+TORCHSCRIPT_EXTRA = "fmpn.json"
+METADATA_KEYS = ("format", "classes", "profile", "profile_json", "image_size", "input", "outputs", "template")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+class ExportError(ValueError):
+    """Bad export arguments or a missing optional dependency (a ValueError, so the CLI prints one line)."""
+
+
+def check_format(fmt: str) -> str:
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; use one of: {', '.join(FORMATS)}")
+    return fmt
+
+
+def default_output(checkpoint: str | Path, fmt: str) -> Path:
+    """``model.safetensors`` -> ``model.onnx`` / ``model.torchscript.pt``."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + SUFFIXES[check_format(fmt)])
+
+
+def export_metadata(profile: Profile, classes: list[str], template: list[list[float]] | None = None) -> dict[str, str]:
+    s = profile.image_size
+    return {
+        "format": EXPORT_FORMAT,
+        "classes": json.dumps(list(classes)),
+        "profile": profile.name,
+        "profile_json": json.dumps(profile.to_dict()),
+        "image_size": str(s),
+        "input": f"{INPUT_NAME}: float32 (batch, 3, {s}, {s}) RGB in [0, 1]",
+        "outputs": f"logits: (batch, {len(classes)}); mask: (batch, 1, {s}, {s}) in (0, 1)",
+        "template": json.dumps(template),
+    }
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    metadata: dict[str, str]
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+def _example_input(profile: Profile, batch_size: int) -> torch.Tensor:
+    if batch_size < 1:
+        raise ExportError(f"batch size must be >= 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(batch_size, 3, profile.image_size, profile.image_size, generator=generator)
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    """Known, harmless warnings: the tracer's about ``to_gray``'s channel check and luma constant (both
+    meant as constants), the legacy ONNX exporter's and TorchScript's deprecation notices."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx.*")
+        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
+        # TorchScript is deprecated in torch 2.14 (FutureWarning on trace/save/load) but is the format asked for.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.jit\..*` is deprecated")
+        yield
+
+
+def export_onnx(
+    model: nn.Module, out: Path, example: torch.Tensor, metadata: dict[str, str], opset: int = DEFAULT_OPSET
+) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError("ONNX export needs the onnx package: pip install 'fmpn-fer[export]'") from None
+    tmp = out.with_name(out.name + ".tmp")
+    batch = {0: "batch"}
+    with _quiet_tracing():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: batch, **{name: batch for name in OUTPUT_NAMES}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    proto = onnx.load(str(tmp))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = "FMPN facial-expression recognition: rgb -> (logits, mask)"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    tmp.replace(out)
+
+
+def export_torchscript(model: nn.Module, out: Path, example: torch.Tensor, metadata: dict[str, str]) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    with _quiet_tracing():
+        traced = torch.jit.trace(model, (example,), check_trace=False)
+        torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
+    tmp.replace(out)
+
+
+def export_model(
+    model: nn.Module,
+    profile: Profile,
+    classes: list[str],
+    fmt: str,
+    out: str | Path,
+    *,
+    batch_size: int = 1,
+    template: list[list[float]] | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> ExportResult:
+    """Export ``model`` (switched to eval mode, on the CPU) to ``out``; ``batch_size`` is the traced example's."""
+    fmt = check_format(fmt)
+    example = _example_input(profile, batch_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    metadata = export_metadata(profile, classes, template)
+    try:
+        with torch.no_grad():
+            if fmt == "onnx":
+                export_onnx(model, out, example, metadata, opset)
+            else:
+                export_torchscript(model, out, example, metadata)
+    finally:
+        out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # never leave a half-written file behind
+    return ExportResult(out, fmt, metadata)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    fmt: str,
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 1,
+    opset: int = DEFAULT_OPSET,
+) -> ExportResult:
+    fmt = check_format(fmt)
+    if batch_size < 1:
+        raise ExportError(f"batch size must be >= 1, got {batch_size}")
+    ckpt = load_checkpoint(checkpoint)  # CheckpointError (a ValueError) when missing or broken
+    model = ckpt.build_model()
+    out = default_output(checkpoint, fmt) if out is None else out
+    return export_model(
+        model, ckpt.profile, ckpt.classes, fmt, out, batch_size=batch_size, template=ckpt.template, opset=opset
+    )
+
+
+def read_export_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata embedded by :func:`export_model`, from an ONNX or TorchScript file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    if zipfile.is_zipfile(path):  # a TorchScript archive
+        extra = {TORCHSCRIPT_EXTRA: ""}
+        with _quiet_tracing():
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        return json.loads(extra[TORCHSCRIPT_EXTRA])
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def run_exported(path: str | Path, fmt: str, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run an exported file on ``rgb`` on the CPU: onnxruntime for ONNX, ``torch.jit.load`` for TorchScript."""
+    fmt = check_format(fmt)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits, mask = session.run(list(OUTPUT_NAMES), {INPUT_NAME: rgb.cpu().numpy()})
+        return torch.from_numpy(logits), torch.from_numpy(mask)
+    with _quiet_tracing():
+        module = torch.jit.load(str(path), map_location="cpu")
+    with torch.no_grad():
+        logits, mask = module(rgb.cpu())
+    return logits, mask
+
+
+def max_errors(model: nn.Module, path: str | Path, fmt: str, rgb: torch.Tensor) -> tuple[float, float]:
+    """Max absolute difference (logits, mask) between the eval-mode PyTorch model and the exported file."""
+    model = model.cpu().eval()
+    with torch.no_grad():
+        ref_logits, ref_mask = model(rgb)
+    logits, mask = run_exported(path, fmt, rgb)
+    return (ref_logits - logits).abs().max().item(), (ref_mask - mask).abs().max().item()
