@@ -1,0 +1,173 @@
+"""Dynamic batching: images from concurrent requests share one detector + model pass.
+
+Requests put jobs on a bounded queue (full -> :class:`QueueFull`, the route answers 503). One worker
+task takes the first waiting job, collects more up to ``max_batch`` while waiting at most
+``max_wait_s`` (and only while more requests are on their way: a lone request does not wait), then
+runs the whole batch in a dedicated inference thread, so the event loop never blocks. Jobs whose
+client has gone away are dropped before they reach the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("app.batching")
+
+
+class QueueFull(Exception):
+    def __init__(self, size: int, retry_after: int) -> None:
+        super().__init__(f"the inference queue is full ({size} images waiting, queue_size={size})")
+        self.size = size
+        self.retry_after = retry_after
+
+
+@dataclass
+class Job:
+    image: Any
+    options: dict[str, Any]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+# run_batch(images, options of the first job) -> (results in order, stage timings in seconds)
+BatchFn = Callable[[list[Any], list[dict[str, Any]]], tuple[list[Any], dict[str, float]]]
+
+
+class Batcher:
+    def __init__(
+        self,
+        run_batch: BatchFn,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        queue_size: int,
+        on_batch: Callable[[int, dict[str, float]], None] | None = None,
+        on_dequeue: Callable[[float], None] | None = None,
+    ) -> None:
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.queue_size = queue_size
+        self.on_batch = on_batch
+        self.on_dequeue = on_dequeue
+        self._queue: asyncio.Queue[Job] | None = None
+        self._task: asyncio.Task | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.incoming = 0  # requests decoding their image, about to submit
+        self._batch_seconds = 0.1  # moving average, for Retry-After
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        if self.running:
+            return
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmpn-infer")
+        self._task = asyncio.create_task(self._worker(), name="fmpn-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        if self._queue is not None:
+            while not self._queue.empty():
+                job = self._queue.get_nowait()
+                if not job.future.done():
+                    job.future.set_exception(RuntimeError("the service is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def retry_after(self) -> int:
+        batches_ahead = max(1, self.depth) / max(1, self.max_batch)
+        return max(1, round(batches_ahead * self._batch_seconds + 0.5))
+
+    async def submit(self, image: Any, **options: Any) -> tuple[Any, dict[str, float]]:
+        """Queue one item; returns (its result, {queue, batch, batch_size, stage timings...})."""
+        if self._queue is None or not self.running:
+            raise RuntimeError("the batcher is not running")
+        loop = asyncio.get_running_loop()
+        job = Job(image, options, loop.create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise QueueFull(self.queue_size, self.retry_after()) from None
+        return await job.future
+
+    async def _collect(self, first: Job) -> list[Job]:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        batch = [first]
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            timeout = deadline - loop.time()
+            if timeout <= 0 or self.incoming <= 0:
+                break  # nothing more is on its way (or the wait is over): go now
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _worker(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            batch = await self._collect(first)
+            now = time.perf_counter()
+            live = [job for job in batch if not job.future.done()]  # drop jobs whose client went away
+            if not live:
+                continue
+            if self.on_dequeue is not None:
+                for job in live:
+                    self.on_dequeue(now - job.enqueued)
+            start = time.perf_counter()
+            try:
+                results, timings = await loop.run_in_executor(
+                    self._executor, self.run_batch, [j.image for j in live], [j.options for j in live]
+                )
+            except asyncio.CancelledError:
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(RuntimeError("the service is shutting down"))
+                raise
+            except Exception as exc:  # a failed batch fails its requests, never the worker
+                log.error("inference batch of %d failed: %s: %s", len(live), type(exc).__name__, exc)
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            elapsed = time.perf_counter() - start
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+            if self.on_batch is not None:
+                self.on_batch(len(live), timings)
+            for job, result in zip(live, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    meta = dict(timings, queue=start - job.enqueued, batch=elapsed, batch_size=len(live))
+                    job.future.set_result((result, meta))

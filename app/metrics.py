@@ -1,0 +1,86 @@
+"""Prometheus metrics (one registry per app, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+FACE_BUCKETS = (0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 50)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "fmpn_http_requests_total",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "fmpn_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "fmpn_stage_duration_seconds",
+            "time per pipeline stage: decode (per image), detect / align / model (per batch), render (per overlay)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "fmpn_queue_wait_seconds", "time an image waited for the model batcher", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "fmpn_batch_size_images", "images per model batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_faces = Histogram(
+            "fmpn_batch_size_faces", "faces per model batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.faces_per_image = Histogram(
+            "fmpn_faces_per_image", "faces detected per image", buckets=FACE_BUCKETS, registry=r
+        )
+        self.rejected = Counter(
+            "fmpn_rejected_total", "requests refused before inference, by reason", ["reason"], registry=r
+        )
+        self.queue_depth = Gauge("fmpn_queue_depth", "images waiting for the batcher", registry=r)
+        self.results_stored = Gauge("fmpn_results_stored", "results held in memory", registry=r)
+        self.results_bytes = Gauge("fmpn_results_bytes", "image bytes held in memory by results", registry=r)
+        self.ready = Gauge("fmpn_ready", "1 when the model is loaded and warmed up", registry=r)
+
+
+class MetricsMiddleware:
+    """Counts every request by route template (not raw path: ids would explode the label set)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(path, scope.get("method", ""), str(status)).inc()
+            self.metrics.request_latency.labels(path).observe(time.perf_counter() - start)

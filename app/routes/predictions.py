@@ -1,0 +1,140 @@
+"""POST /v1/predictions and POST /v1/predictions:batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Query, Request
+
+from app.errors import ApiError
+from app.schemas import (
+    BatchItem,
+    BatchPredictionRequest,
+    BatchResponse,
+    ErrorDetail,
+    ErrorResponse,
+    PredictionRequest,
+    PredictionResponse,
+)
+from app.upload import read_images
+
+router = APIRouter(tags=["predictions"])
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "empty body, not an image, corrupt or truncated image, bad base64 or JSON",
+        401: "missing or wrong API key (when one is configured)",
+        413: "body over max_image_bytes, image over max_pixels, or too many images",
+        415: "unsupported content type or image format",
+        422: "invalid parameters",
+        429: "rate limit exceeded (Retry-After)",
+        503: "not ready, or the queue is full (Retry-After)",
+    }.items()
+}
+
+_IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"image": {"type": "string", "format": "binary"}},
+                "required": ["image"],
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {"schema": PredictionRequest.model_json_schema()},
+    },
+}
+
+_BATCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "required": ["images"],
+            }
+        },
+        "application/json": {"schema": BatchPredictionRequest.model_json_schema()},
+    },
+}
+
+MASK_QUERY = Query(True, description="include each face's motion mask as base64 PNG")
+MAX_FACES_QUERY = Query(None, ge=1, description="classify at most this many (largest) faces; capped by max_faces")
+
+
+@router.post(
+    "/v1/predictions",
+    response_model=PredictionResponse,
+    response_model_exclude_none=False,
+    summary="Detect faces in one photo and predict each face's expression and motion mask",
+    description=(
+        "Send the photo as a multipart upload (field `image`), as a raw `image/*` body, or as JSON "
+        '`{"image": "<base64>"}`. Faces are ordered largest first and indexed from 0. The result is kept '
+        "in memory for `result_ttl_s` seconds under `id` for the overlay and mask GETs."
+    ),
+    responses=_ERRORS,
+    openapi_extra={"requestBody": _IMAGE_BODY},
+)
+async def create_prediction(
+    request: Request, mask: bool = MASK_QUERY, max_faces: int | None = MAX_FACES_QUERY
+) -> PredictionResponse:
+    service = request.app.state.service
+    settings = request.app.state.settings
+    service.require_ready()
+    (data,) = await read_images(
+        request,
+        max_images=1,
+        max_image_bytes=settings.max_image_bytes,
+        body_limit=settings.max_body_bytes,
+        body_setting="max_image_bytes",
+    )
+    return await service.predict(data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions")
+
+
+@router.post(
+    "/v1/predictions:batch",
+    response_model=BatchResponse,
+    summary="Several photos in one call",
+    description=(
+        'Multipart with several file parts (field `images`), or JSON `{"images": ["<base64>", ...]}`; at most '
+        "`max_batch_images`. Each image gets its own result (and id) or its own error, in order."
+    ),
+    responses=_ERRORS,
+    openapi_extra={"requestBody": _BATCH_BODY},
+)
+async def create_batch(
+    request: Request, mask: bool = MASK_QUERY, max_faces: int | None = MAX_FACES_QUERY
+) -> BatchResponse:
+    service = request.app.state.service
+    settings = request.app.state.settings
+    service.require_ready()
+    images = await read_images(
+        request,
+        max_images=settings.max_batch_images,
+        max_image_bytes=settings.max_image_bytes,
+        body_limit=settings.max_batch_body_bytes,
+        body_setting="max_image_bytes x max_batch_images",
+    )
+    free = settings.queue_size - service.batcher.depth
+    if len(images) > free:
+        service.metrics.rejected.labels("queue_full").inc()
+        raise ApiError(
+            503,
+            "queue_full",
+            f"the service is busy: {len(images)} images do not fit the inference queue "
+            f"({free} of queue_size={settings.queue_size} free); retry later",
+            {"Retry-After": str(service.batcher.retry_after())},
+        )
+
+    async def one(i: int, data: bytes) -> BatchItem:
+        try:
+            result = await service.predict(data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions")
+        except ApiError as exc:
+            return BatchItem(index=i, error=ErrorDetail(code=exc.code, message=exc.message))
+        return BatchItem(index=i, result=result)
+
+    return BatchResponse(results=list(await asyncio.gather(*(one(i, d) for i, d in enumerate(images)))))

@@ -1,0 +1,204 @@
+"""Response and request models (pydantic v2), shared by the HTTP routes and ``fmpn predict``."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, Field
+
+from fmpn.inference import LANDMARK_NAMES, FacePrediction, ImagePrediction
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable reason, e.g. too_many_pixels")
+    message: str = Field(description="what went wrong, naming the limit where one applies")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Box(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class Point(BaseModel):
+    x: float
+    y: float
+
+
+class Landmarks(BaseModel):
+    left_eye: Point
+    right_eye: Point
+    nose: Point
+    mouth_left: Point
+    mouth_right: Point
+
+
+class MaskImage(BaseModel):
+    format: str = "png"
+    encoding: str = "base64"
+    width: int
+    height: int
+    data: str = Field(description="8-bit grey PNG, base64; 255 = mask value 1.0")
+
+
+class FaceResult(BaseModel):
+    index: int = Field(description="0-based, faces ordered largest first")
+    box: Box = Field(description="face box in image pixels (after EXIF rotation)")
+    score: float = Field(description="detection score")
+    landmarks: Landmarks
+    label: str = Field(description="the most probable class")
+    label_score: float = Field(description="its probability")
+    probabilities: dict[str, float] = Field(description="every class, in the model's order; sums to 1")
+    mask: MaskImage | None = Field(None, description="motion mask at the aligned-crop size; null with ?mask=false")
+    mask_url: str | None = None
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class ModelRef(BaseModel):
+    name: str
+    profile: str
+    version: str
+
+
+class PredictionResponse(BaseModel):
+    id: str | None = Field(description="result id, for the overlay and mask GETs")
+    image: ImageSize
+    model: ModelRef
+    faces: list[FaceResult]
+    faces_detected: int = Field(description="faces found; more than len(faces) when the max_faces limit applied")
+    faces_truncated: bool
+    warnings: list[str] = Field(default_factory=list)
+    overlay_url: str | None = None
+    expires_at: float | None = Field(None, description="unix time after which the result is gone")
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+
+
+class BatchItem(BaseModel):
+    index: int
+    result: PredictionResponse | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+
+
+class PredictionRequest(BaseModel):
+    image: str = Field(description="the image file, base64 (a data: URL is accepted)")
+
+
+class BatchPredictionRequest(BaseModel):
+    images: list[str] = Field(description="image files, base64 (data: URLs are accepted)")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    profile: str
+    classes: list[str]
+    input_size: int
+    load_size: int
+    mask_size: int
+    backbone: str
+    template: list[list[float]]
+    weights_file: str
+    weights_sha256: str
+    device: str
+    dtype: str
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """(S, S) float mask in [0, 1] -> 8-bit grey PNG."""
+    img = np.clip(np.rint(np.asarray(mask, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:  # pragma: no cover - cv2 never fails on a uint8 2-D array
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def face_result(
+    index: int,
+    face: FacePrediction,
+    classes: list[str],
+    *,
+    include_mask: bool,
+    mask_url: str | None = None,
+) -> FaceResult:
+    probs = [float(p) for p in face.probabilities]
+    best = int(np.argmax(probs))
+    mask = None
+    if include_mask:
+        h, w = face.mask.shape[:2]
+        mask = MaskImage(width=w, height=h, data=base64.b64encode(mask_png(face.mask)).decode("ascii"))
+    pts = np.asarray(face.landmarks, dtype=float).reshape(5, 2)
+    return FaceResult(
+        index=index,
+        box=Box(x1=face.box[0], y1=face.box[1], x2=face.box[2], y2=face.box[3]),
+        score=face.score,
+        landmarks=Landmarks(
+            **{n: Point(x=float(x), y=float(y)) for n, (x, y) in zip(LANDMARK_NAMES, pts, strict=True)}
+        ),
+        label=classes[best],
+        label_score=probs[best],
+        probabilities=dict(zip(classes, probs, strict=True)),
+        mask=mask,
+        mask_url=mask_url,
+    )
+
+
+def prediction_response(
+    result_id: str | None,
+    prediction: ImagePrediction,
+    model: dict[str, Any],
+    *,
+    include_mask: bool,
+    max_faces: int | None,
+    warnings: list[str] | None = None,
+    base_url: str | None = None,
+    expires_at: float | None = None,
+    timings_ms: dict[str, float] | None = None,
+) -> PredictionResponse:
+    notes = list(warnings or [])
+    if prediction.faces_truncated:
+        notes.append(
+            f"{prediction.faces_detected} faces found; only the largest {len(prediction.faces)} were classified "
+            f"(max_faces={max_faces})"
+        )
+    faces = [
+        face_result(
+            i,
+            f,
+            model["classes"],
+            include_mask=include_mask,
+            mask_url=f"{base_url}/faces/{i}/mask.png" if base_url else None,
+        )
+        for i, f in enumerate(prediction.faces)
+    ]
+    return PredictionResponse(
+        id=result_id,
+        image=ImageSize(width=prediction.width, height=prediction.height),
+        model=ModelRef(name=model["name"], profile=model["profile"], version=model["version"]),
+        faces=faces,
+        faces_detected=prediction.faces_detected,
+        faces_truncated=prediction.faces_truncated,
+        warnings=notes,
+        overlay_url=f"{base_url}/overlay.png" if base_url else None,
+        expires_at=expires_at,
+        timings_ms={k: round(v, 2) for k, v in (timings_ms or {}).items()},
+    )

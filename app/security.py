@@ -1,0 +1,93 @@
+"""API key check and per-client rate limit, as dependencies of every /v1 route."""
+
+from __future__ import annotations
+
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable
+
+from fastapi import Request
+
+from app.errors import ApiError
+
+
+def presented_key(request: Request) -> str | None:
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def check_api_key(request: Request) -> None:
+    expected = request.app.state.settings.api_key
+    if expected is None:
+        return
+    key = presented_key(request)
+    headers = {"WWW-Authenticate": 'Bearer realm="fmpn"'}
+    if key is None:
+        raise ApiError(
+            401, "missing_api_key", "this service needs an API key: send X-API-Key or Authorization: Bearer", headers
+        )
+    if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
+        raise ApiError(401, "invalid_api_key", "the API key is not valid", headers)
+
+
+class RateLimiter:
+    """Token bucket per client: ``per_minute`` refill, ``burst`` capacity."""
+
+    def __init__(self, per_minute: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic):
+        self.rate = per_minute / 60.0
+        self.per_minute = per_minute
+        self.capacity = float(burst if burst is not None else max(1, math.ceil(per_minute)))
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last time)
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str) -> float:
+        """0 when the request may go, else the seconds until it may."""
+        now = self.clock()
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.capacity, now))
+            tokens = min(self.capacity, tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[client] = (tokens - 1.0, now)
+                wait = 0.0
+            else:
+                self._buckets[client] = (tokens, now)
+                wait = (1.0 - tokens) / self.rate
+            if len(self._buckets) > 10_000:  # forget clients whose bucket has refilled
+                full = [c for c, (t, ts) in self._buckets.items() if t + (now - ts) * self.rate >= self.capacity]
+                for c in full:
+                    del self._buckets[c]
+        return wait
+
+
+def client_id(request: Request) -> str:
+    settings = request.app.state.settings
+    if settings.trust_forwarded_for:
+        forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
+        if forwarded:
+            return "ip:" + forwarded
+    return "ip:" + (request.client.host if request.client else "unknown")
+
+
+def check_rate_limit(request: Request) -> None:
+    limiter: RateLimiter | None = request.app.state.rate_limiter
+    if limiter is None:
+        return
+    wait = limiter.acquire(client_id(request))
+    if wait > 0:
+        request.app.state.metrics.rejected.labels("rate_limited").inc()
+        raise ApiError(
+            429,
+            "rate_limited",
+            f"rate limit of {limiter.per_minute:g} requests per minute per client exceeded "
+            f"(rate_limit_per_minute); retry in {math.ceil(wait)} s",
+            {"Retry-After": str(max(1, math.ceil(wait)))},
+        )

@@ -1,0 +1,255 @@
+"""The service's state: the predictor (loaded in the background), the batcher, the result store.
+
+Start-up never crashes the process: a missing or corrupt checkpoint leaves the service up, answering
+``/healthz`` and a ``/readyz`` 503 that names the reason, and logs one line (no stack trace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import anyio.to_thread
+import torch
+
+from app.batching import Batcher, QueueFull
+from app.errors import DECODE_STATUS, ApiError
+from app.metrics import Metrics
+from app.render import encode_png, render_overlay
+from app.schemas import PredictionResponse, prediction_response
+from app.settings import Settings
+from app.store import ResultStore, StoredResult
+from fmpn.checkpoint import CheckpointError
+from fmpn.inference import DecodedImage, ImageDecodeError, ImagePrediction, Predictor, decode_image
+
+log = logging.getLogger("app")
+
+
+class Service:
+    def __init__(self, settings: Settings, metrics: Metrics, predictor: Predictor | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.predictor: Predictor | None = predictor
+        self.state = "starting"  # starting | loading | warming_up | ready | failed | stopped
+        self.reason = "the model is loading"
+        self.store = ResultStore(settings.result_ttl_s, settings.result_cap, settings.result_max_bytes)
+        self.batcher = Batcher(
+            self._run_batch,
+            max_batch=settings.max_batch,
+            max_wait_s=settings.batch_wait_ms / 1000.0,
+            queue_size=settings.queue_size,
+            on_batch=self._on_batch,
+            on_dequeue=metrics.queue_wait.observe,
+        )
+        self.started_at = time.time()
+        self.model_info: dict[str, Any] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def _build_predictor(self) -> Predictor:
+        s = self.settings
+        if s.torch_threads:
+            torch.set_num_threads(s.torch_threads)
+        return Predictor(
+            s.weights,
+            s.device,
+            half=s.half,
+            max_faces=s.max_faces,
+            detect_max_side=s.detect_max_side,
+            min_face_size=s.min_face_size,
+            min_face_score=s.min_face_score,
+            model_batch=s.model_batch,
+        )
+
+    async def start(self) -> None:
+        """Load the checkpoint and detector, warm up, start the batcher; failures end in state 'failed'."""
+        try:
+            if self.predictor is None:
+                self.state, self.reason = "loading", f"loading the model from {self.settings.weights}"
+                self.predictor = await anyio.to_thread.run_sync(self._build_predictor)
+            if self.settings.warmup and not self.predictor.warmed_up:
+                self.state, self.reason = "warming_up", "warming up the model"
+                await anyio.to_thread.run_sync(self.predictor.warmup)
+            self.model_info = self.predictor.info()
+            await self.batcher.start()
+        except asyncio.CancelledError:
+            self.state, self.reason = "stopped", "the service is shutting down"
+            raise
+        except (CheckpointError, ValueError, OSError, RuntimeError, ImportError) as exc:
+            self._fail(f"{exc}")
+            return
+        except Exception as exc:  # anything else: still no crash loop
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        self.state, self.reason = "ready", "ready"
+        self.metrics.ready.set(1)
+        log.info(
+            "model %s (%s, %s) ready on %s",
+            self.model_info["name"],
+            self.model_info["profile"],
+            self.model_info["version"],
+            self.model_info["device"],
+        )
+
+    def _fail(self, reason: str) -> None:
+        self.state, self.reason = "failed", f"model could not be loaded: {reason}"
+        self.metrics.ready.set(0)
+        log.error("%s (the service stays up; /readyz answers 503 until this is fixed and it restarts)", self.reason)
+
+    async def stop(self) -> None:
+        self.metrics.ready.set(0)
+        if self.state == "ready":
+            self.state, self.reason = "stopped", "the service is shutting down"
+        await self.batcher.stop()
+
+    def require_ready(self) -> None:
+        if self.state == "ready":
+            return
+        self.metrics.rejected.labels("not_ready").inc()
+        if self.state == "failed":
+            raise ApiError(503, "model_unavailable", self.reason)
+        raise ApiError(503, "not_ready", f"the service is not ready yet: {self.reason}", {"Retry-After": "2"})
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def _run_batch(
+        self, images: list[Any], options: list[dict[str, Any]]
+    ) -> tuple[list[ImagePrediction], dict[str, float]]:
+        assert self.predictor is not None
+        timings: dict[str, float] = {}
+        limits = [o.get("max_faces") for o in options]
+        try:
+            return self.predictor.predict(images, max_faces=limits, timings=timings), timings
+        except Exception as exc:
+            if len(images) == 1:
+                raise
+            log.error(
+                "batch of %d failed (%s: %s); retrying its images one by one", len(images), type(exc).__name__, exc
+            )
+        # One bad image must not fail the others: run them alone, failures become per-image errors.
+        results: list[Any] = []
+        for image, limit in zip(images, limits, strict=True):
+            try:
+                results.extend(self.predictor.predict([image], max_faces=limit, timings=timings))
+            except Exception as exc:
+                results.append(exc)
+        return results, timings
+
+    def _on_batch(self, n: int, timings: dict[str, float]) -> None:
+        m = self.metrics
+        m.batch_size.observe(n)
+        m.batch_faces.observe(timings.get("faces", 0))
+        for stage in ("detect", "align", "model"):
+            if stage in timings:
+                m.stage_latency.labels(stage).observe(timings[stage])
+
+    async def decode(self, data: bytes) -> DecodedImage:
+        t0 = time.perf_counter()
+        try:
+            return await anyio.to_thread.run_sync(decode_image, data, self.settings.max_pixels)
+        except ImageDecodeError as exc:
+            self.metrics.rejected.labels(exc.code).inc()
+            raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+        finally:
+            self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - t0)
+
+    async def predict(
+        self, data: bytes, *, include_mask: bool, max_faces: int | None, base_path: str
+    ) -> PredictionResponse:
+        """One uploaded image -> its response (stored under a fresh id for the overlay GETs)."""
+        self.require_ready()
+        assert self.predictor is not None
+        t0 = time.perf_counter()
+        limit = self.settings.max_faces if max_faces is None else min(max_faces, self.settings.max_faces)
+        self.batcher.incoming += 1  # tells the batcher another image is on its way
+        try:
+            decoded = await self.decode(data)
+        finally:
+            self.batcher.incoming -= 1
+        t1 = time.perf_counter()
+        try:
+            prediction, meta = await self.batcher.submit(decoded.rgb, max_faces=limit)
+        except ApiError:
+            raise
+        except QueueFull as exc:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(
+                503,
+                "queue_full",
+                f"the service is busy: the inference queue is full (queue_size={exc.size}); retry later",
+                {"Retry-After": str(exc.retry_after)},
+            ) from None
+        except Exception as exc:  # inference failed for this image: logged, answered as JSON
+            log.error("inference failed: %s: %s", type(exc).__name__, exc)
+            self.metrics.rejected.labels("inference_failed").inc()
+            raise ApiError(500, "inference_failed", "inference failed for this image; the error was logged") from None
+        self.metrics.faces_per_image.observe(prediction.faces_detected)
+        result_id = self.store.new_id()
+        expires = time.time() + self.settings.result_ttl_s
+        timings = {
+            "decode": (t1 - t0) * 1000,
+            "queue": meta["queue"] * 1000,
+            "detect": meta.get("detect", 0.0) * 1000,
+            "model": meta.get("model", 0.0) * 1000,
+        }
+
+        def build() -> PredictionResponse:
+            return prediction_response(
+                result_id,
+                prediction,
+                self.model_info,
+                include_mask=include_mask,
+                max_faces=limit,
+                warnings=decoded.warnings,
+                base_url=f"{base_path}/{result_id}",
+                expires_at=round(expires, 3),
+                timings_ms=timings,
+            )
+
+        response = await anyio.to_thread.run_sync(build)
+        response.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 2)
+        stored = StoredResult(
+            image_bytes=data,
+            prediction=prediction,
+            classes=list(self.model_info["classes"]),
+            response=response.model_dump(mode="json", exclude={"faces": {"__all__": {"mask"}}}),
+        )
+        self.store.put(result_id, stored)
+        return response
+
+    def get_result(self, result_id: str) -> StoredResult:
+        stored = self.store.get(result_id)
+        if stored is None:
+            raise ApiError(
+                404,
+                "result_not_found",
+                f"no result {result_id!r}: unknown, or expired (results are kept {self.settings.result_ttl_s:g} s, "
+                f"at most {self.settings.result_cap} of them; result_ttl_s / result_cap)",
+            )
+        return stored
+
+    async def overlay(
+        self, stored: StoredResult, *, alpha: float, boxes: bool, labels: bool, max_side: int | None
+    ) -> bytes:
+        def work() -> bytes:
+            t0 = time.perf_counter()
+            rgb = decode_image(stored.image_bytes, self.settings.max_pixels).rgb
+            out = render_overlay(
+                rgb, stored.prediction, stored.classes, alpha=alpha, boxes=boxes, labels=labels, max_side=max_side
+            )
+            png = encode_png(out)
+            self.metrics.stage_latency.labels("render").observe(time.perf_counter() - t0)
+            return png
+
+        return await anyio.to_thread.run_sync(work)
+
+    def refresh_gauges(self) -> None:
+        self.metrics.queue_depth.set(self.batcher.depth)
+        self.metrics.results_stored.set(len(self.store))
+        self.metrics.results_bytes.set(self.store.total_bytes)

@@ -1,0 +1,66 @@
+"""Service settings, read from the environment (prefix ``FMPN_``, e.g. ``FMPN_WEIGHTS``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_WEIGHTS = Path("weights/fmpn-cpu-fer2013.safetensors")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FMPN_", env_file=".env", extra="ignore")
+
+    # model
+    weights: Path = Field(DEFAULT_WEIGHTS, description="checkpoint file (.safetensors)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    half: bool | None = Field(None, description="half precision; default: on for CUDA, off for CPU")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+    warmup: bool = Field(True, description="run the detector and model once before /readyz says ready")
+
+    # detection
+    detect_max_side: int = Field(1280, ge=64, description="larger photos are detected on a downscaled copy")
+    min_face_size: int = Field(20, ge=8, description="MTCNN minimum face size, pixels of the detection copy")
+    min_face_score: float = Field(0.9, ge=0.0, le=1.0, description="drop detections scoring below this")
+
+    # batching
+    max_batch: int = Field(16, ge=1, description="most images per model batch")
+    batch_wait_ms: float = Field(5.0, ge=0.0, description="longest wait for more requests to fill a batch")
+    queue_size: int = Field(64, ge=1, description="images waiting for the model; beyond this -> 503")
+    model_batch: int = Field(64, ge=1, description="most faces per forward pass (larger batches are chunked)")
+
+    # limits
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest accepted image file, bytes")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image, width x height")
+    max_faces: int = Field(20, ge=1, description="faces classified per image (the largest N)")
+    max_batch_images: int = Field(16, ge=1, description="images per POST /v1/predictions:batch")
+
+    # results
+    result_ttl_s: float = Field(600.0, gt=0, description="how long a result (and its image) stays retrievable")
+    result_cap: int = Field(256, ge=1, description="most results kept; the oldest go first")
+    result_max_bytes: int = Field(512 * 1024 * 1024, ge=1, description="most image bytes kept in memory")
+
+    # access
+    api_key: SecretStr | None = Field(None, description="when set, every /v1 route needs X-API-Key or Bearer")
+    rate_limit_per_minute: float = Field(0.0, ge=0.0, description="requests per client per minute on /v1; 0 = off")
+    rate_limit_burst: int | None = Field(None, ge=1, description="bucket size; default: one minute's worth")
+    trust_forwarded_for: bool = Field(False, description="identify clients by X-Forwarded-For (behind a proxy)")
+
+    # rendering
+    mask_alpha: float = Field(0.45, ge=0.0, le=1.0, description="default heat-map opacity in overlays")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value in ("", None) else value
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Largest body of a one-image request: the image in base64 inside JSON, plus room for the rest."""
+        return self.max_image_bytes * 4 // 3 + 64 * 1024
+
+    @property
+    def max_batch_body_bytes(self) -> int:
+        return self.max_body_bytes * self.max_batch_images

@@ -1,0 +1,452 @@
+"""In-process inference: photo -> faces (MTCNN) -> 5-point alignment -> FMPN -> probabilities + motion masks.
+
+This is what the HTTP service, ``fmpn predict`` and the benchmarks run. Pre-processing follows the
+training contract exactly: each face is aligned with :func:`fmpn.align.align_face` to a
+``profile.load_size`` crop using the checkpoint's template (or ``DEFAULT_TEMPLATE``), centre-cropped
+to ``profile.image_size`` (torchvision's ``CenterCrop`` offset), scaled to float RGB in [0, 1] with no
+mean/std normalisation and fed to the model; probabilities are ``softmax(logits)``.
+
+All faces of all images passed to :meth:`Predictor.predict` go through the model in one forward pass
+(chunked at ``model_batch``). On CUDA the model runs in half precision by default.
+
+Nothing here imports ``app/`` or ``training/``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_transform
+from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from fmpn.detect import Face, FaceDetector
+
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+# Formats the service accepts; Pillow can open more, but these are the ones photos come in.
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+
+# Below this image->crop scale a face is first shrunk with area interpolation, so the bilinear warp
+# does not alias (a 2048 px portrait's face is ~10x larger than a 68 px crop).
+_ANTIALIAS_BELOW = 0.8
+
+
+# ----------------------------------------------------------------------------------------------
+# Image decoding
+# ----------------------------------------------------------------------------------------------
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that cannot be used as a photo. ``code`` is a stable machine-readable reason."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class DecodedImage:
+    rgb: np.ndarray  # (H, W, 3) uint8, upright (EXIF orientation applied)
+    format: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
+    """Decode an uploaded photo to upright 8-bit RGB.
+
+    Handles EXIF orientation, CMYK / YCbCr, 16-bit and float images, transparency (composited on
+    white), palettes and animations (first frame only, with a warning). Dimensions are checked
+    against ``max_pixels`` from the header, before any pixel is decoded (decompression bombs).
+    """
+    if not data:
+        raise ImageDecodeError("empty_image", "the image is empty (0 bytes)")
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        limit = f"the limit of {max_pixels} pixels (max_pixels)" if max_pixels else "Pillow's decompression-bomb limit"
+        raise ImageDecodeError("too_many_pixels", f"image has too many pixels, over {limit}: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(
+            "not_an_image", f"the data is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError("corrupt_image", f"the image header is corrupt: {exc}") from None
+    fmt = im.format or "unknown"
+    if fmt not in SUPPORTED_FORMATS:
+        raise ImageDecodeError(
+            "unsupported_image_format",
+            f"image format {fmt} is not supported; supported formats: {', '.join(SUPPORTED_FORMATS)}",
+        )
+    width, height = im.size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError("corrupt_image", f"the image has an invalid size {width}x{height}")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageDecodeError(
+            "too_many_pixels",
+            f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels (max_pixels)",
+        )
+    frames = int(getattr(im, "n_frames", 1) or 1)
+    if frames > 1:
+        notes.append(f"the image has {frames} frames; only the first frame was used")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            im.seek(0)
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise ImageDecodeError("corrupt_image", f"the image data is truncated or corrupt: {exc}") from None
+    return DecodedImage(rgb=_to_rgb8(im), format=fmt, warnings=notes)
+
+
+def _to_rgb8(im: Image.Image) -> np.ndarray:
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8).copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        arr = np.asarray(im)
+        if mode == "F":
+            arr = arr.astype(np.float32)
+            top = 1.0 if np.nanmax(arr) <= 1.0 else 255.0
+            gray = np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255)
+        else:
+            arr = arr.astype(np.int64)
+            top = 65535 if (mode.startswith("I;16") or arr.max() > 255) else 255
+            gray = np.clip(arr, 0, top) * (255.0 / top)
+        gray = np.round(gray).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
+    if has_alpha:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+
+
+def load_image_file(path: str | Path, max_pixels: int | None = None) -> DecodedImage:
+    return decode_image(Path(path).read_bytes(), max_pixels=max_pixels)
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FacePrediction:
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
+    score: float  # detection score
+    landmarks: np.ndarray  # (5, 2) image pixels, LANDMARK_NAMES order
+    probabilities: np.ndarray  # (C,) float, sums to 1
+    mask: np.ndarray  # (S, S) float32 in (0, 1), S = profile.image_size (the aligned centre crop)
+    matrix: np.ndarray  # (2, 3) image -> aligned load_size crop, as returned by align_face
+    offset: int  # centre-crop offset: mask pixel (u, v) is crop pixel (u + offset, v + offset)
+
+    @property
+    def label_index(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def mask_matrix(self) -> np.ndarray:
+        """(2, 3) image -> mask pixel coordinates (the align matrix composed with the centre crop)."""
+        m = np.array(self.matrix, dtype=np.float64)
+        m[:, 2] -= self.offset
+        return m
+
+    @property
+    def mask_to_image(self) -> np.ndarray:
+        """(2, 3) mask -> image matrix: ``cv2.warpAffine(mask, mask_to_image, (W, H))`` puts it on the photo."""
+        return invert_affine(self.mask_matrix)
+
+
+@dataclass
+class ImagePrediction:
+    width: int
+    height: int
+    faces: list[FacePrediction]
+    faces_detected: int  # before the max_faces cut
+
+    @property
+    def faces_truncated(self) -> bool:
+        return self.faces_detected > len(self.faces)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+class Predictor:
+    """Checkpoint + MTCNN detector; ``predict(images)`` returns every face's expression and mask.
+
+    Not thread-safe: one thread at a time calls it (the service's batcher owns it).
+    """
+
+    def __init__(
+        self,
+        weights: str | Path,
+        device: str | torch.device = "auto",
+        *,
+        half: bool | None = None,
+        max_faces: int | None = None,
+        detect_max_side: int | None = 1280,
+        min_face_size: int = 20,
+        min_face_score: float = 0.9,
+        model_batch: int = 64,
+        batch_detect: bool | None = None,
+    ) -> None:
+        self.weights = Path(weights)
+        self.device = resolve_device(device)
+        self.checkpoint: Checkpoint = load_checkpoint(self.weights)  # CheckpointError when missing/corrupt
+        self.sha256 = file_sha256(self.weights)
+        self.profile = self.checkpoint.profile
+        self.classes = list(self.checkpoint.classes)
+        self.template = self.checkpoint.template or DEFAULT_TEMPLATE
+        self.half = (self.device.type == "cuda") if half is None else bool(half)
+        if self.half and self.device.type != "cuda":
+            raise ValueError("half precision needs a CUDA device")
+        self.dtype = torch.float16 if self.half else torch.float32
+        model = self.checkpoint.build_model().to(self.device)
+        self.model = model.half() if self.half else model.float()
+        self.model.eval()
+        self.detector = FaceDetector(self.device, min_face_size=min_face_size)
+        self.max_faces = max_faces
+        self.detect_max_side = detect_max_side
+        self.min_face_score = min_face_score
+        self.model_batch = max(1, int(model_batch))
+        # MTCNN batches same-sized images; on CPU that is no faster than one by one, on CUDA it is.
+        self.batch_detect = (self.device.type == "cuda") if batch_detect is None else bool(batch_detect)
+        self.crop_offset = int(round((self.profile.load_size - self.profile.image_size) / 2.0))
+        config = self.checkpoint.config or {}
+        self.name = str(config.get("name") or self.weights.stem)
+        self.version = str(config.get("version") or self.sha256[:12])
+        self.warmed_up = False
+
+    # -- description -------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "profile": self.profile.name,
+            "classes": list(self.classes),
+            "input_size": self.profile.image_size,
+            "load_size": self.profile.load_size,
+            "mask_size": self.profile.image_size,
+            "backbone": self.profile.backbone,
+            "template": [list(map(float, p)) for p in self.template],
+            "weights_file": self.weights.name,
+            "weights_sha256": self.sha256,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def detect(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Faces of each (H, W, 3) uint8 RGB image, largest first, score >= min_face_score.
+
+        Images larger than ``detect_max_side`` are detected on an area-downscaled copy; boxes and
+        landmarks are returned in the original image's pixels.
+        """
+        smalls: list[np.ndarray] = []
+        scales: list[float] = []
+        for image in images:
+            h, w = image.shape[:2]
+            s = 1.0
+            if self.detect_max_side and max(h, w) > self.detect_max_side:
+                s = self.detect_max_side / max(h, w)
+                image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+            smalls.append(np.ascontiguousarray(image))
+            scales.append(s)
+        found: list[list[Face] | None] = [None] * len(images)
+        if self.batch_detect and len(images) > 1:
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for i, im in enumerate(smalls):
+                groups.setdefault(im.shape, []).append(i)
+            for idx in groups.values():
+                if len(idx) > 1:
+                    for i, faces in zip(idx, self._detect_same_size([smalls[i] for i in idx]), strict=True):
+                        found[i] = faces
+        for i, im in enumerate(smalls):
+            if found[i] is None:
+                found[i] = self.detector.detect(im)
+        out: list[list[Face]] = []
+        for faces, s in zip(found, scales, strict=True):
+            kept = []
+            for f in faces or []:
+                if f.score < self.min_face_score:
+                    continue
+                if s != 1.0:
+                    f = Face(tuple(v / s for v in f.box), f.score, f.landmarks / s)
+                kept.append(f)
+            kept.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
+            out.append(kept)
+        return out
+
+    def _detect_same_size(self, images: list[np.ndarray]) -> list[list[Face]]:
+        boxes, probs, points = self.detector.mtcnn.detect(np.stack(images), landmarks=True)
+        out: list[list[Face]] = []
+        for b, p, pts in zip(boxes, probs, points, strict=True):
+            faces: list[Face] = []
+            if b is not None:
+                for box, prob, lm in zip(b, p, pts, strict=True):
+                    faces.append(Face(tuple(float(v) for v in box), float(prob), np.asarray(lm, dtype=np.float64)))
+            out.append(faces)
+        return out
+
+    def align(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One face -> (centre-cropped (S, S, 3) uint8 crop, 2x3 image -> load_size crop matrix)."""
+        size = self.profile.load_size
+        lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+        direct = similarity_transform(lm, np.asarray(self.template, dtype=np.float64) * size)
+        scale = math.sqrt(abs(np.linalg.det(direct[:, :2])))
+        crop = matrix = None
+        if scale < _ANTIALIAS_BELOW:
+            crop, matrix = self._align_antialiased(image, lm, direct, scale)
+        if crop is None:
+            crop, matrix = align_face(image, lm, size, self.template)
+        o, s = self.crop_offset, self.profile.image_size
+        return np.ascontiguousarray(crop[o : o + s, o : o + s]), matrix
+
+    def _align_antialiased(
+        self, image: np.ndarray, lm: np.ndarray, direct: np.ndarray, scale: float
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Shrink the face's region with area interpolation to ~crop resolution, then align_face on it."""
+        size = self.profile.load_size
+        h, w = image.shape[:2]
+        inv = invert_affine(direct)
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64) @ inv.T
+        pad = 4.0 / scale
+        x0 = int(max(0, math.floor(corners[:, 0].min() - pad)))
+        y0 = int(max(0, math.floor(corners[:, 1].min() - pad)))
+        x1 = int(min(w, math.ceil(corners[:, 0].max() + pad)))
+        y1 = int(min(h, math.ceil(corners[:, 1].max() + pad)))
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            return None, None
+        nw, nh = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
+        fx, fy = nw / (x1 - x0), nh / (y1 - y0)
+        roi = cv2.resize(image[y0:y1, x0:x1], (nw, nh), interpolation=cv2.INTER_AREA)
+        # cv2.resize maps source pixel x to fx * (x + 0.5) - 0.5 in the result.
+        shrink = np.array([[fx, 0.0, fx * (0.5 - x0) - 0.5], [0.0, fy, fy * (0.5 - y0) - 0.5]])
+        lm_small = lm @ shrink[:, :2].T + shrink[:, 2]
+        crop, m_small = align_face(roi, lm_small, size, self.template)
+        matrix = np.hstack([m_small[:, :2] @ shrink[:, :2], (m_small[:, :2] @ shrink[:, 2] + m_small[:, 2])[:, None]])
+        return crop, matrix
+
+    @torch.inference_mode()
+    def classify(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, S, S, 3) uint8 RGB crops -> (probabilities (N, C) float64, masks (N, S, S) float32)."""
+        n = len(crops)
+        if n == 0:
+            s = self.profile.image_size
+            return np.zeros((0, len(self.classes))), np.zeros((0, s, s), dtype=np.float32)
+        probs, masks = [], []
+        for start in range(0, n, self.model_batch):
+            chunk = torch.from_numpy(np.ascontiguousarray(crops[start : start + self.model_batch]))
+            x = chunk.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
+            logits, mask = self.model(x)
+            probs.append(torch.softmax(logits.float(), dim=1).double().cpu())
+            masks.append(mask.float()[:, 0].cpu())
+        return torch.cat(probs).numpy(), torch.cat(masks).numpy()
+
+    # -- the whole pipeline --------------------------------------------------------------------
+
+    def predict(
+        self,
+        images: list[np.ndarray],
+        max_faces: int | Sequence[int | None] | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> list[ImagePrediction]:
+        """Faces with expression probabilities and motion masks, for each (H, W, 3) uint8 RGB image.
+
+        Faces are ordered largest first; with ``max_faces`` (or the predictor's default) only the
+        largest N are classified and ``faces_detected`` says how many there were (``max_faces`` may
+        also be a list, one limit per image). All faces of all
+        images go through the model in one forward. ``timings`` (if given) receives the seconds spent
+        in ``detect``, ``align`` and ``model``.
+        """
+        if max_faces is None or isinstance(max_faces, int):
+            limits = [max_faces] * len(images)
+        else:
+            limits = list(max_faces)
+            if len(limits) != len(images):
+                raise ValueError(f"{len(limits)} max_faces limits for {len(images)} images")
+        limits = [self.max_faces if n is None else n for n in limits]
+        t0 = time.perf_counter()
+        detected = self.detect(images)
+        t1 = time.perf_counter()
+        crops: list[np.ndarray] = []
+        owners: list[tuple[int, Face, np.ndarray]] = []
+        for i, (image, faces, limit) in enumerate(zip(images, detected, limits, strict=True)):
+            keep = faces if limit is None else faces[: max(0, limit)]
+            for face in keep:
+                crop, matrix = self.align(image, face.landmarks)
+                crops.append(crop)
+                owners.append((i, face, matrix))
+        t2 = time.perf_counter()
+        s = self.profile.image_size
+        stacked = np.stack(crops) if crops else np.zeros((0, s, s, 3), dtype=np.uint8)
+        probs, masks = self.classify(stacked)
+        t3 = time.perf_counter()
+        results = [
+            ImagePrediction(width=int(im.shape[1]), height=int(im.shape[0]), faces=[], faces_detected=len(faces))
+            for im, faces in zip(images, detected, strict=True)
+        ]
+        for k, (i, face, matrix) in enumerate(owners):
+            results[i].faces.append(
+                FacePrediction(
+                    box=tuple(float(v) for v in face.box),
+                    score=float(face.score),
+                    landmarks=np.asarray(face.landmarks, dtype=np.float64).reshape(5, 2),
+                    probabilities=probs[k],
+                    mask=masks[k],
+                    matrix=np.asarray(matrix, dtype=np.float64),
+                    offset=self.crop_offset,
+                )
+            )
+        if timings is not None:
+            timings["detect"] = timings.get("detect", 0.0) + (t1 - t0)
+            timings["align"] = timings.get("align", 0.0) + (t2 - t1)
+            timings["model"] = timings.get("model", 0.0) + (t3 - t2)
+            timings["faces"] = timings.get("faces", 0) + len(crops)
+        return results
+
+    def warmup(self, batch_sizes: tuple[int, ...] = (1, 4)) -> None:
+        """Run the detector and the model once on synthetic input, so the first request is not slow."""
+        rng = np.random.default_rng(0)
+        self.detect([rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)])
+        s = self.profile.image_size
+        for b in batch_sizes:
+            self.classify(rng.integers(0, 255, (b, s, s, 3), dtype=np.uint8))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.warmed_up = True

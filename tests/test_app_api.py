@@ -1,0 +1,216 @@
+"""The HTTP API on a real uvicorn server (127.0.0.1): uploads in every form, the response, the result
+GETs (overlay, masks), batch, models, health, readiness, metrics and the OpenAPI schema."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_app_helpers import (
+    FER2013_CLASSES,
+    GROUP,
+    PORTRAITS,
+    checkpoint_path,
+    error_of,
+    live_server,
+    metric_value,
+    one_torch_thread,  # noqa: F401  (autouse)
+    photo,
+    photo_jpeg,
+)
+
+from fmpn.checkpoint import file_sha256
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = live_server()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def group_result(client) -> dict:
+    r = client.post("/v1/predictions", content=photo_jpeg(GROUP), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _png(data: bytes) -> np.ndarray:
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "PNG"
+    return np.asarray(im)
+
+
+def test_group_photo_response_shape(group_result) -> None:
+    r = group_result
+    im = photo(GROUP)
+    assert r["image"] == {"width": im.width, "height": im.height}
+    assert r["model"] == {"name": "random-cpu", "profile": "cpu", "version": file_sha256(checkpoint_path())[:12]}
+    assert len(r["id"]) >= 22  # 128 random bits, url-safe
+    assert r["faces_detected"] == 6 and len(r["faces"]) == 6 and not r["faces_truncated"]
+    areas = []
+    for i, face in enumerate(r["faces"]):
+        assert face["index"] == i
+        box = face["box"]
+        assert 0 <= box["x1"] < box["x2"] <= im.width + 2 and 0 <= box["y1"] < box["y2"] <= im.height + 2
+        areas.append((box["x2"] - box["x1"]) * (box["y2"] - box["y1"]))
+        assert 0.9 <= face["score"] <= 1.0
+        assert set(face["landmarks"]) == {"left_eye", "right_eye", "nose", "mouth_left", "mouth_right"}
+        for pt in face["landmarks"].values():  # landmarks lie in (or very near) the box
+            assert box["x1"] - 5 <= pt["x"] <= box["x2"] + 5 and box["y1"] - 5 <= pt["y"] <= box["y2"] + 5
+        assert list(face["probabilities"]) == FER2013_CLASSES
+        assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert face["label"] == max(face["probabilities"], key=face["probabilities"].get)
+        assert face["label_score"] == face["probabilities"][face["label"]]
+        mask = _png(base64.b64decode(face["mask"]["data"]))
+        assert mask.shape == (64, 64) and face["mask"]["width"] == face["mask"]["height"] == 64
+        assert face["mask_url"] == f"/v1/predictions/{r['id']}/faces/{i}/mask.png"
+    assert areas == sorted(areas, reverse=True), "faces are ordered largest first"
+    assert r["overlay_url"] == f"/v1/predictions/{r['id']}/overlay.png"
+    assert {"decode", "queue", "detect", "model", "total"} <= set(r["timings_ms"])
+
+
+def test_masks_vary_and_match_the_mask_route(client, group_result) -> None:
+    face = group_result["faces"][0]
+    inline = _png(base64.b64decode(face["mask"]["data"]))
+    r = client.get(face["mask_url"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert np.array_equal(_png(r.content), inline)
+    assert inline.std() > 1.0, "the test checkpoint's masks have structure"
+
+
+def test_multipart_json_and_data_url_give_the_same_faces(client, group_result) -> None:
+    data = photo_jpeg(GROUP)
+    multipart = client.post("/v1/predictions", files={"image": ("group.jpg", data, "image/jpeg")})
+    b64 = base64.b64encode(data).decode()
+    as_json = client.post("/v1/predictions?mask=false", json={"image": b64})
+    data_url = client.post("/v1/predictions", json={"image": "data:image/jpeg;base64," + b64})
+    for r in (multipart, as_json, data_url):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["id"] != group_result["id"]
+        assert [f["box"] for f in body["faces"]] == [f["box"] for f in group_result["faces"]]
+        for a, b in zip(body["faces"], group_result["faces"], strict=True):
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+    assert all(f["mask"] is None for f in as_json.json()["faces"])  # ?mask=false
+
+
+def test_overlay_png(client, group_result) -> None:
+    url = group_result["overlay_url"]
+    r = client.get(url)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert "private" in r.headers["cache-control"]
+    overlay = _png(r.content)
+    original = np.asarray(Image.open(io.BytesIO(photo_jpeg(GROUP))).convert("RGB"))
+    assert overlay.shape == original.shape
+    box = group_result["faces"][0]["box"]
+    x1, y1, x2, y2 = (round(box[k]) for k in ("x1", "y1", "x2", "y2"))
+    cx, cy = (x1 + x2) // 2, (y1 + y2) // 2
+    centre = (slice(cy - 5, cy + 5), slice(cx - 5, cx + 5))
+    assert np.abs(overlay[centre].astype(int) - original[centre]).mean() > 10, "heat map on the face"
+    assert np.abs(overlay[:20, :20].astype(int) - original[:20, :20]).mean() < 3, "nothing on the background"
+    # alpha 0 and no boxes/labels: the photo itself (through one JPEG decode)
+    plain = _png(client.get(url, params={"alpha": 0, "boxes": False, "labels": False}).content)
+    assert np.array_equal(plain, original)
+    strong = _png(client.get(url, params={"alpha": 1.0}).content)
+    assert (
+        np.abs(strong[centre].astype(int) - original[centre]).mean()
+        > np.abs(overlay[centre].astype(int) - original[centre]).mean()
+    )
+    small = _png(client.get(url, params={"max_side": 200}).content)
+    assert max(small.shape[:2]) == 200
+    bad = client.get(url, params={"alpha": 2})
+    assert bad.status_code == 422 and error_of(bad)["code"] == "invalid_request"
+
+
+def test_get_stored_result(client, group_result) -> None:
+    r = client.get(f"/v1/predictions/{group_result['id']}")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["id"] == group_result["id"] and len(body["faces"]) == 6
+    assert body["faces"][0]["mask"] is None and body["faces"][0]["mask_url"]
+
+
+def test_max_faces_query(client) -> None:
+    r = client.post("/v1/predictions?max_faces=2", content=photo_jpeg(GROUP), headers={"Content-Type": "image/jpeg"})
+    body = r.json()
+    assert r.status_code == 200 and len(body["faces"]) == 2 and body["faces_detected"] == 6 and body["faces_truncated"]
+    assert any("max_faces=2" in w for w in body["warnings"])
+
+
+def test_batch_multipart_and_json(client) -> None:
+    names = [GROUP, PORTRAITS[1], PORTRAITS[2]]
+    files = [("images", (f"{n}.jpg", photo_jpeg(n), "image/jpeg")) for n in names]
+    r = client.post("/v1/predictions:batch?mask=false", files=files)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [item["index"] for item in results] == [0, 1, 2]
+    assert [len(item["result"]["faces"]) for item in results] == [6, 1, 1]
+    assert [item["result"]["image"]["width"] for item in results] == [photo(n).width for n in names]
+    assert len({item["result"]["id"] for item in results}) == 3
+    # JSON, with one bad item: that item alone gets an error
+    images = [base64.b64encode(photo_jpeg(PORTRAITS[0])).decode(), base64.b64encode(b"not an image").decode()]
+    r = client.post("/v1/predictions:batch", json={"images": images})
+    assert r.status_code == 200
+    first, second = r.json()["results"]
+    assert len(first["result"]["faces"]) == 1 and first["error"] is None
+    assert second["result"] is None and second["error"]["code"] == "not_an_image"
+    overlay = client.get(first["result"]["overlay_url"])
+    assert overlay.status_code == 200
+
+
+def test_models(client) -> None:
+    r = client.get("/v1/models")
+    assert r.status_code == 200
+    (model,) = r.json()["models"]
+    assert model["classes"] == FER2013_CLASSES
+    assert model["profile"] == "cpu" and model["input_size"] == 64 and model["mask_size"] == 64
+    assert model["weights_sha256"] == file_sha256(checkpoint_path())
+    assert model["device"] == "cpu" and model["dtype"] == "float32"
+
+
+def test_health_ready_docs(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    schema = client.get("/openapi.json").json()
+    for path in (
+        "/v1/predictions",
+        "/v1/predictions:batch",
+        "/v1/predictions/{result_id}/overlay.png",
+        "/v1/predictions/{result_id}/faces/{face_index}/mask.png",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+    ):
+        assert path in schema["paths"], path
+    body = schema["paths"]["/v1/predictions"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*", "application/json"} <= set(body)
+    assert client.get("/docs").status_code == 200
+
+
+def test_metrics(client, group_result) -> None:
+    text = client.get("/metrics").text
+    assert metric_value(text, "fmpn_http_requests_total", route="/v1/predictions", status="200") >= 1
+    for stage in ("decode", "detect", "model"):
+        assert metric_value(text, "fmpn_stage_duration_seconds_count", stage=stage) >= 1, stage
+    client.get(group_result["overlay_url"])
+    text = client.get("/metrics").text
+    assert metric_value(text, "fmpn_stage_duration_seconds_count", stage="render") >= 1
+    assert metric_value(text, "fmpn_http_request_duration_seconds_count", route="/v1/predictions") >= 1
+    assert metric_value(text, "fmpn_queue_wait_seconds_count") >= 1
+    assert metric_value(text, "fmpn_batch_size_images_count") >= 1
+    assert metric_value(text, "fmpn_faces_per_image_sum") >= 6
+    assert metric_value(text, "fmpn_ready") == 1
+    # ids never become label values
+    assert "/v1/predictions/{result_id}/overlay.png" in text and group_result["id"] not in text

@@ -1,0 +1,145 @@
+"""``fmpn predict`` (in process) and ``fmpn serve`` / ``uvicorn app.main:app`` as real processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import require_data
+from PIL import Image
+from test_app_helpers import (
+    GROUP,
+    PORTRAITS,
+    checkpoint_path,
+    one_torch_thread,  # noqa: F401  (autouse)
+    photo_jpeg,
+)
+
+from cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fast_env(monkeypatch):
+    monkeypatch.setenv("FMPN_WEIGHTS", str(checkpoint_path()))
+    monkeypatch.setenv("FMPN_DETECT_MAX_SIDE", "640")
+
+
+def test_predict_prints_the_service_json_and_writes_the_overlay(fast_env, tmp_path, capsys) -> None:
+    photo = require_data("photos", f"{PORTRAITS[1]}.jpg")
+    assert main(["predict", str(photo), "--out-dir", str(tmp_path)]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["id"] is None and body["model"]["profile"] == "cpu"
+    size = Image.open(photo).size
+    assert body["image"] == {"width": size[0], "height": size[1]}
+    (face,) = body["faces"]
+    assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-6) and face["mask"]["width"] == 64
+    overlay = Image.open(tmp_path / f"{PORTRAITS[1]}.overlay.png")
+    assert overlay.size == size
+
+
+def test_predict_several_photos_and_errors(fast_env, tmp_path, capsys) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a photo")
+    group = require_data("photos", f"{GROUP}.jpg")
+    assert main(["predict", str(group), str(bad), "--no-overlay", "--no-mask", "--indent", "0"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    first, second = out["results"]
+    assert len(first["result"]["faces"]) == 6 and first["result"]["faces"][0]["mask"] is None
+    assert second["error"]["code"] == "not_an_image"
+    assert not list(tmp_path.glob("*.png"))
+    assert main(["predict", str(tmp_path / "missing.jpg")]) == 2
+    assert "no such photo" in capsys.readouterr().err
+
+
+def test_serve_refuses_missing_weights_with_one_line(tmp_path, capsys) -> None:
+    assert main(["serve", "--weights", str(tmp_path / "none.safetensors"), "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint not found" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, "FMPN_TORCH_THREADS": "1", "FMPN_DETECT_MAX_SIDE": "640", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait(url: str, proc: subprocess.Popen, until: str, timeout: float = 120) -> httpx.Response:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stdout.read()}")
+        try:
+            r = httpx.get(url + "/readyz", timeout=5)
+            if until == "ready" and r.status_code == 200 or until == "failed" and r.json()["state"] == "failed":
+                return r
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the server")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+def test_fmpn_serve_process() -> None:
+    port = _free_port()
+    proc = _start(["-m", "cli.main", "serve", "--port", str(port), "--weights", str(checkpoint_path())], {})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, proc, "ready")
+        r = httpx.post(
+            url + "/v1/predictions", content=photo_jpeg(PORTRAITS[0], 320), headers={"Content-Type": "image/jpeg"}
+        )
+        assert r.status_code == 200 and len(r.json()["faces"]) == 1
+        overlay = httpx.get(url + r.json()["overlay_url"])
+        assert overlay.status_code == 200
+        assert Image.open(io.BytesIO(overlay.content)).size == (r.json()["image"]["width"], 320)
+    finally:
+        out = _stop(proc)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+
+
+def test_uvicorn_app_main_with_missing_weights_stays_up_and_says_why(tmp_path) -> None:
+    port = _free_port()
+    missing = tmp_path / "missing.safetensors"
+    proc = _start(
+        ["-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)], {"FMPN_WEIGHTS": str(missing)}
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        r = _wait(url, proc, "failed")
+        assert r.status_code == 503 and "checkpoint not found" in r.json()["reason"]
+        assert httpx.get(url + "/healthz").status_code == 200
+    finally:
+        out = _stop(proc)
+    assert "checkpoint not found" in out and "Traceback" not in out

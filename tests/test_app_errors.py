@@ -1,0 +1,281 @@
+"""Bad input, each on a real uvicorn server: a JSON error with a code and a message naming the limit
+(never a 500), or the right answer for odd-but-valid images; after each, the service still answers.
+
+Test images are generated with PIL or derived in memory from the real photos.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+from test_app_helpers import (
+    GROUP,
+    PORTRAITS,
+    encode,
+    error_of,
+    live_server,
+    one_torch_thread,  # noqa: F401  (autouse)
+    photo,
+    photo_jpeg,
+)
+
+MAX_IMAGE_BYTES = 1_500_000
+MAX_PIXELS = 4_000_000
+MAX_FACES = 3
+PORTRAIT = PORTRAITS[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = live_server(max_image_bytes=MAX_IMAGE_BYTES, max_pixels=MAX_PIXELS, max_faces=MAX_FACES, max_batch_images=2)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def still_answers(client):
+    """After every bad request the service is up and predicts correctly."""
+    yield
+    r = client.post(
+        "/v1/predictions?mask=false", content=photo_jpeg(PORTRAIT, 320), headers={"Content-Type": "image/jpeg"}
+    )
+    assert r.status_code == 200, r.text
+    assert len(r.json()["faces"]) == 1
+    assert client.get("/readyz").status_code == 200
+
+
+def post_raw(client, data: bytes, ctype: str = "image/jpeg"):
+    return client.post("/v1/predictions", content=data, headers={"Content-Type": ctype})
+
+
+def expect_error(r, status: int, code: str, *in_message: str) -> dict:
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    err = error_of(r)
+    assert err["code"] == code, err
+    for text in in_message:
+        assert text in err["message"], err
+    return err
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A valid tiny PNG whose header claims width x height (a decompression bomb's signature)."""
+    data = encode(Image.new("L", (1, 1)), "PNG")
+    ihdr = bytearray(data[8:33])  # length, b"IHDR", 13 bytes of data, crc
+    ihdr[8:16] = struct.pack(">II", width, height)
+    ihdr[21:25] = struct.pack(">I", zlib.crc32(bytes(ihdr[4:21])))
+    return data[:8] + bytes(ihdr) + data[33:]
+
+
+def predict_ok(r, faces: int | None = None) -> dict:
+    assert r.status_code == 200, r.text[:300]
+    body = r.json()
+    if faces is not None:
+        assert len(body["faces"]) == faces, body
+    return body
+
+
+# -- empty / not an image / corrupt ---------------------------------------------------------------
+
+
+def test_empty_body(client) -> None:
+    expect_error(post_raw(client, b""), 400, "empty_body")
+
+
+def test_empty_multipart_file(client) -> None:
+    r = client.post("/v1/predictions", files={"image": ("empty.jpg", b"", "image/jpeg")})
+    expect_error(r, 400, "empty_image")
+
+
+def test_multipart_without_file(client) -> None:
+    r = client.post("/v1/predictions", data={"comment": "no file"}, files={"other": ("x", b"")})
+    # a part named 'other' with a filename counts as a file: it is empty
+    assert r.status_code == 400
+    r = client.post(
+        "/v1/predictions",
+        content=b'--b\r\nContent-Disposition: form-data; name="comment"\r\n\r\nhi\r\n--b--\r\n',
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
+    expect_error(r, 400, "missing_image", "image")
+
+
+def test_not_an_image(client) -> None:
+    expect_error(post_raw(client, b"hello, this is plain text, not a photo " * 10), 400, "not_an_image", "JPEG")
+
+
+def test_truncated_jpeg(client) -> None:
+    data = photo_jpeg(PORTRAIT)
+    expect_error(post_raw(client, data[: len(data) // 2]), 400, "corrupt_image", "truncated")
+
+
+def test_truncated_png(client) -> None:
+    data = encode(photo(PORTRAIT, 320), "PNG")
+    expect_error(post_raw(client, data[: len(data) // 2], "image/png"), 400, "corrupt_image")
+
+
+# -- size limits ------------------------------------------------------------------------------------
+
+
+def test_too_many_pixels(client) -> None:
+    r = post_raw(client, png_with_size(3000, 3000), "image/png")
+    expect_error(r, 413, "too_many_pixels", "3000x3000", str(MAX_PIXELS), "max_pixels")
+
+
+def test_decompression_bomb(client) -> None:
+    r = post_raw(client, png_with_size(60000, 60000), "image/png")  # over Pillow's own bomb limit too
+    expect_error(r, 413, "too_many_pixels", str(MAX_PIXELS), "max_pixels")
+
+
+def test_body_over_size_limit_raw(client) -> None:
+    r = post_raw(client, b"\xff\xd8" + b"\x00" * (MAX_IMAGE_BYTES + 10))
+    expect_error(r, 413, "payload_too_large", str(MAX_IMAGE_BYTES), "max_image_bytes")
+
+
+def test_body_over_size_limit_multipart_and_json(client) -> None:
+    big = b"\xff\xd8" + bytes(MAX_IMAGE_BYTES + 10)
+    r = client.post("/v1/predictions", files={"image": ("big.jpg", big, "image/jpeg")})
+    expect_error(r, 413, "payload_too_large", str(MAX_IMAGE_BYTES), "max_image_bytes")
+    r = client.post("/v1/predictions", json={"image": base64.b64encode(big).decode()})
+    expect_error(r, 413, "payload_too_large", "max_image_bytes")
+
+
+def test_too_many_images_in_a_batch(client) -> None:
+    files = [("images", (f"{i}.jpg", photo_jpeg(PORTRAIT, 320), "image/jpeg")) for i in range(3)]
+    r = client.post("/v1/predictions:batch", files=files)
+    expect_error(r, 413, "too_many_images", "max_batch_images", "2")
+
+
+# -- types ------------------------------------------------------------------------------------------
+
+
+def test_unsupported_content_types(client) -> None:
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>'
+    expect_error(post_raw(client, svg, "image/svg+xml"), 415, "unsupported_media_type", "image/svg+xml")
+    expect_error(post_raw(client, b"hello", "text/plain"), 415, "unsupported_media_type", "text/plain")
+
+
+def test_unsupported_image_format(client) -> None:
+    ppm = encode(photo(PORTRAIT, 320), "PPM")
+    expect_error(post_raw(client, ppm, "application/octet-stream"), 415, "unsupported_image_format", "PPM", "JPEG")
+
+
+# -- odd but valid images ---------------------------------------------------------------------------
+
+
+def test_cmyk_jpeg(client) -> None:
+    data = encode(photo(PORTRAIT).convert("CMYK"), "JPEG")
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    predict_ok(post_raw(client, data), faces=1)
+
+
+def test_16bit_png_grey_and_colour(client) -> None:
+    grey = np.asarray(photo(PORTRAIT).convert("L")).astype(np.uint16) * 257
+    data = encode(Image.fromarray(grey), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    predict_ok(post_raw(client, data, "image/png"), faces=1)
+    rgb16 = np.asarray(photo(PORTRAIT)).astype(np.uint16) * 257
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(rgb16[:, :, ::-1]))
+    assert ok and buf[24] == 16  # bit depth in IHDR
+    predict_ok(post_raw(client, buf.tobytes(), "image/png"), faces=1)
+
+
+def test_rgba_png(client) -> None:
+    im = photo(PORTRAIT).convert("RGBA")
+    alpha = np.full((im.height, im.width), 255, np.uint8)
+    alpha[:, : im.width // 8] = 0  # a transparent strip
+    im.putalpha(Image.fromarray(alpha))
+    body = predict_ok(post_raw(client, encode(im, "PNG"), "image/png"), faces=1)
+    assert body["image"] == {"width": im.width, "height": im.height}
+
+
+def test_palette_png(client) -> None:
+    pal = photo(PORTRAIT).quantize(256)
+    predict_ok(post_raw(client, encode(pal, "PNG"), "image/png"), faces=1)
+    predict_ok(post_raw(client, encode(pal, "PNG", transparency=0), "image/png"), faces=1)
+
+
+def test_animated_gif_uses_the_first_frame(client) -> None:
+    first = photo(PORTRAIT).quantize(256)
+    blank = Image.new("P", first.size, 0)
+    data = encode(first, "GIF", save_all=True, append_images=[blank], duration=100, loop=0)
+    assert Image.open(io.BytesIO(data)).n_frames >= 2  # (identical frames are merged)
+    body = predict_ok(post_raw(client, data, "image/gif"), faces=1)
+    assert any("first frame" in w for w in body["warnings"])
+
+
+def test_exif_rotated_photo(client) -> None:
+    upright = photo(PORTRAIT)
+    reference = predict_ok(post_raw(client, encode(upright, "JPEG")), faces=1)["faces"][0]["box"]
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a sideways camera writes
+    body = predict_ok(post_raw(client, encode(stored, "JPEG", exif=exif.tobytes())), faces=1)
+    assert body["image"] == {"width": upright.width, "height": upright.height}
+    box = body["faces"][0]["box"]
+    for k in ("x1", "y1", "x2", "y2"):  # the face where it is in the upright photo
+        assert box[k] == pytest.approx(reference[k], abs=6)
+
+
+def test_no_face(client) -> None:
+    background = photo(GROUP, 1200).crop((1000, 0, 1200, 400))  # the windows, right of the group
+    body = predict_ok(post_raw(client, encode(background)), faces=0)
+    assert body["faces_detected"] == 0 and not body["faces_truncated"]
+    grey = Image.new("RGB", (320, 240), (128, 128, 128))
+    predict_ok(post_raw(client, encode(grey, "PNG"), "image/png"), faces=0)
+
+
+def test_more_faces_than_the_limit(client) -> None:
+    body = predict_ok(post_raw(client, photo_jpeg(GROUP)), faces=MAX_FACES)
+    assert body["faces_detected"] == 6 and body["faces_truncated"] is True
+    assert any(f"max_faces={MAX_FACES}" in w and "largest" in w for w in body["warnings"])
+    areas = [(f["box"]["x2"] - f["box"]["x1"]) * (f["box"]["y2"] - f["box"]["y1"]) for f in body["faces"]]
+    assert areas == sorted(areas, reverse=True)
+    r = client.post("/v1/predictions?max_faces=50", content=photo_jpeg(GROUP), headers={"Content-Type": "image/jpeg"})
+    assert len(predict_ok(r)["faces"]) == MAX_FACES  # a client cannot lift the server's limit
+
+
+# -- JSON / base64 ------------------------------------------------------------------------------------
+
+
+def test_bad_base64(client) -> None:
+    r = client.post("/v1/predictions", json={"image": "this is *not* base64!!"})
+    expect_error(r, 400, "invalid_base64", "base64")
+    r = client.post("/v1/predictions:batch", json={"images": ["@@@@"]})
+    expect_error(r, 400, "invalid_base64", "images[0]")
+
+
+def test_bad_json(client) -> None:
+    expect_error(post_raw(client, b"{not json", "application/json"), 400, "invalid_json")
+    r = client.post("/v1/predictions", json={"picture": "abc"})
+    expect_error(r, 422, "invalid_request", "image")
+
+
+# -- ids, routes ---------------------------------------------------------------------------------------
+
+
+def test_unknown_result_and_face(client) -> None:
+    for path in ("/v1/predictions/nope", "/v1/predictions/nope/overlay.png", "/v1/predictions/nope/faces/0/mask.png"):
+        expect_error(client.get(path), 404, "result_not_found", "result_ttl_s")
+    body = predict_ok(post_raw(client, photo_jpeg(PORTRAIT, 320)), faces=1)
+    for index in (1, 7, -1):
+        r = client.get(f"/v1/predictions/{body['id']}/faces/{index}/mask.png")
+        expect_error(r, 404, "face_not_found", "1 face")
+    r = client.get(f"/v1/predictions/{body['id']}/faces/x/mask.png")
+    expect_error(r, 422, "invalid_request")
+
+
+def test_unknown_route_and_method(client) -> None:
+    expect_error(client.get("/v1/nothing-here"), 404, "not_found")
+    expect_error(client.get("/v1/predictions"), 405, "method_not_allowed")

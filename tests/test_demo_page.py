@@ -1,0 +1,84 @@
+"""The demo page in headless Chromium (Debian's chromium, driven by Playwright) against a real
+uvicorn server on 127.0.0.1: upload a real photo, wait for the bars and the overlay, keep a screenshot
+(runs/screenshots/demo-page.png, not committed: it shows third-party photos)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import require_data
+from test_app_helpers import (
+    GROUP,
+    live_server,
+    one_torch_thread,  # noqa: F401  (autouse)
+)
+
+CHROMIUM = Path(os.environ.get("FMPN_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOT = Path(__file__).resolve().parents[1] / "runs" / "screenshots" / "demo-page.png"
+
+
+def _need(condition: bool, message: str) -> None:
+    if condition:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need(False, "playwright is not installed (pip install -e '.[dev]')")
+    _need(CHROMIUM.exists(), f"{CHROMIUM} not found (apt-get install -y chromium)")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
+        )
+        yield browser
+        browser.close()
+
+
+def test_demo_page_shows_bars_and_overlay(browser) -> None:
+    photo = require_data("photos", f"{GROUP}.jpg")
+    srv = live_server()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        external = []
+        local = (srv.url, "blob:" + srv.url)
+        page.on("request", lambda req: None if req.url.startswith(local) else external.append(req.url))
+        page.goto(srv.url + "/")
+        assert page.title() == "FMPN facial-expression demo"
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector("#faces .face", timeout=120_000)
+        page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0", timeout=120_000)
+        faces = page.locator("#faces .face")
+        assert faces.count() == 6
+        bars = page.locator("#faces .face .bar")
+        assert bars.count() == 6 * 7
+        widths = [float(w.rstrip("%")) for w in bars.evaluate_all("els => els.map(e => e.style.width)")]
+        assert all(0 <= w <= 100 for w in widths)
+        assert abs(sum(widths[:7]) - 100) < 1.0  # one face's probabilities fill 100 %
+        assert page.locator("#faces .face .bar.top").count() == 6
+        natural = page.evaluate("() => [overlay.naturalWidth, overlay.naturalHeight]")
+        assert natural == [1200, 630]
+        assert "6 faces found" in page.inner_text("#status")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('img.mask')].every(m => m.naturalWidth === 64)", timeout=60_000
+        )
+        assert not external, f"the page fetched from elsewhere: {external}"
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        assert SCREENSHOT.stat().st_size > 10_000
+        # a bad file shows the service's error message
+        page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "image/png", "buffer": b"not a png"}])
+        page.wait_for_selector("#status.error", timeout=60_000)
+        assert "not_an_image" in page.inner_text("#status")
+        page.close()
+    finally:
+        srv.stop()

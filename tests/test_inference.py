@@ -1,0 +1,246 @@
+"""The in-process predictor on the real photos with the real MTCNN: the training pre-processing
+contract, one forward for all faces of several images, face limits, coordinates, and decoding."""
+
+from __future__ import annotations
+
+import ast
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_app_helpers import (
+    GROUP,
+    PORTRAITS,
+    checkpoint_path,
+    encode,
+    one_torch_thread,  # noqa: F401  (autouse)
+    photo,
+    photo_array,
+)
+
+from fmpn.align import DEFAULT_TEMPLATE, align_face, similarity_transform
+from fmpn.checkpoint import CheckpointError
+from fmpn.inference import ImageDecodeError, Predictor, decode_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(checkpoint_path(), "cpu", detect_max_side=640)
+
+
+@pytest.fixture(scope="module")
+def group(predictor):
+    image = photo_array(GROUP)
+    return image, predictor.predict([image])[0]
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return np.asarray(points) @ np.asarray(matrix)[:, :2].T + np.asarray(matrix)[:, 2]
+
+
+def test_group_photo(group, predictor) -> None:
+    image, result = group
+    assert (result.width, result.height) == (image.shape[1], image.shape[0])
+    assert result.faces_detected == 6 and len(result.faces) == 6 and not result.faces_truncated
+    areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in result.faces]
+    assert areas == sorted(areas, reverse=True)
+    for face in result.faces:
+        assert face.probabilities.shape == (7,) and face.probabilities.sum() == pytest.approx(1.0, abs=1e-6)
+        assert face.mask.shape == (64, 64) and face.mask.dtype == np.float32
+        assert 0.0 < face.mask.min() and face.mask.max() < 1.0
+        assert face.score >= predictor.min_face_score and face.offset == 2
+        # the matrix is align_face's: landmarks land where the 5-point fit puts them on the 68 px crop
+        direct = similarity_transform(face.landmarks, np.asarray(DEFAULT_TEMPLATE) * 68)
+        assert np.abs(_apply(face.matrix, face.landmarks) - _apply(direct, face.landmarks)).max() < 0.5
+        # the mask's centre maps back into the face box
+        cx, cy = _apply(face.mask_to_image, [[32, 32]])[0]
+        x1, y1, x2, y2 = face.box
+        assert x1 < cx < x2 and y1 < cy < y2
+
+
+def test_preprocessing_contract(group, predictor, monkeypatch) -> None:
+    """align_face to load_size with the template, centre crop to image_size, RGB / 255, no normalisation."""
+    image, result = group
+    seen = {}
+    original = predictor.classify
+
+    def spy(crops):
+        seen["crops"] = crops.copy()
+        return original(crops)
+
+    monkeypatch.setattr(predictor, "classify", spy)
+    again = predictor.predict([image])[0]
+    for k, face in enumerate(again.faces):
+        crop, matrix = align_face(image, face.landmarks, 68, predictor.template)
+        assert np.array_equal(seen["crops"][k], crop[2:66, 2:66])  # small faces: no pre-shrink
+        assert np.allclose(face.matrix, matrix)
+    x = torch.from_numpy(seen["crops"]).permute(0, 3, 1, 2).float() / 255.0
+    with torch.no_grad():
+        logits, masks = predictor.model(x)
+    probs = torch.softmax(logits, 1).numpy()
+    for k, face in enumerate(again.faces):
+        assert np.allclose(face.probabilities, probs[k], atol=1e-6)
+        assert np.allclose(face.mask, masks[k, 0].numpy(), atol=1e-6)
+        assert np.allclose(face.probabilities, result.faces[k].probabilities, atol=1e-6)
+
+
+def test_large_faces_are_shrunk_before_alignment(predictor) -> None:
+    """A 2048 px portrait: detection on a 640 copy, landmarks in full-resolution pixels, and an
+    anti-aliased crop whose matrix still maps the landmarks exactly as align_face would."""
+    image = photo_array(PORTRAITS[2], 2048)
+    (result,) = predictor.predict([image])
+    (face,) = result.faces
+    assert max(face.box[2], face.box[3]) > 1000  # full-resolution coordinates
+    direct = similarity_transform(face.landmarks, np.asarray(DEFAULT_TEMPLATE) * 68)
+    assert np.sqrt(abs(np.linalg.det(direct[:, :2]))) < 0.2  # a 10x shrink
+    assert np.abs(_apply(face.matrix, face.landmarks) - _apply(direct, face.landmarks)).max() < 0.3
+    crop, _ = predictor.align(image, face.landmarks)
+    naive = align_face(image, face.landmarks, 68, predictor.template)[0][2:66, 2:66]
+    assert abs(crop.astype(float).mean() - naive.astype(float).mean()) < 6  # same face, less aliasing
+    lap = [np.abs(np.diff(c.astype(float), 2, axis=0)).mean() for c in (crop, naive)]
+    assert lap[0] < lap[1], "the pre-shrunk crop has less high-frequency (aliasing) energy"
+
+
+def test_one_forward_for_all_faces_of_several_images(group, predictor, monkeypatch) -> None:
+    images = [group[0], photo_array(PORTRAITS[0]), photo_array(PORTRAITS[0], 400)]
+    calls = []
+    forward = predictor.model.forward
+
+    def counting(x):
+        calls.append(x.shape[0])
+        return forward(x)
+
+    monkeypatch.setattr(predictor.model, "forward", counting)
+    timings: dict[str, float] = {}
+    batch = predictor.predict(images, timings=timings)
+    assert calls == [8] and timings["faces"] == 8 and {"detect", "align", "model"} <= set(timings)
+    monkeypatch.setattr(predictor.model, "forward", forward)
+    alone_results = [group[1], *predictor.predict([images[1]]), *predictor.predict([images[2]])]
+    for got, alone in zip(batch, alone_results, strict=True):
+        assert [f.box for f in got.faces] == [f.box for f in alone.faces]
+        for a, b in zip(got.faces, alone.faces, strict=True):
+            assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+            assert np.allclose(a.mask, b.mask, atol=1e-5)
+
+
+def test_max_faces_keeps_the_largest(group, predictor) -> None:
+    image, full = group
+    two, all_six = predictor.predict([image, image], max_faces=[2, None])
+    assert two.faces_detected == 6 and len(two.faces) == 2 and two.faces_truncated
+    assert [f.box for f in two.faces] == [f.box for f in full.faces[:2]]
+    assert len(all_six.faces) == 6 and not all_six.faces_truncated
+
+
+def test_detection_copy_coordinates(group, predictor) -> None:
+    big = photo_array(GROUP, 1200)
+    (result,) = predictor.predict([big])  # detected on a 640 px copy
+    small = group[1]
+    scale = big.shape[1] / group[0].shape[1]
+    assert len(result.faces) == len(small.faces) == 6
+    for a in result.faces:  # (faces of similar size may swap places: match by position)
+        b = min(small.faces, key=lambda f: np.abs(np.asarray(f.box) * scale - np.asarray(a.box)).sum())
+        assert np.allclose(np.asarray(a.box), np.asarray(b.box) * scale, atol=4)
+        assert np.allclose(a.landmarks, b.landmarks * scale, atol=4)
+
+
+def test_missing_checkpoint(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        Predictor(tmp_path / "none.safetensors", "cpu")
+
+
+def test_model_info(predictor) -> None:
+    info = predictor.info()
+    assert info["classes"][0] == "angry" and info["input_size"] == 64 and info["load_size"] == 68
+    assert len(info["weights_sha256"]) == 64 and info["name"] == "random-cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_half_precision_matches_cpu(group) -> None:  # pragma: no cover - GPU machines only
+    image, cpu = group
+    gpu = Predictor(checkpoint_path(), "cuda", detect_max_side=640)
+    assert gpu.half and next(gpu.model.parameters()).dtype == torch.float16
+    (result,) = gpu.predict([image])
+    assert len(result.faces) == len(cpu.faces)
+    for a, b in zip(result.faces, cpu.faces, strict=True):
+        assert np.allclose(a.probabilities, b.probabilities, atol=2e-2)
+
+
+# -- decoding -----------------------------------------------------------------------------------------
+
+
+def test_decode_modes() -> None:
+    base = photo(PORTRAITS[1], 160)
+    rgb = np.asarray(base)
+    assert np.array_equal(decode_image(encode(base, "PNG")).rgb, rgb)
+    for im in (base.convert("CMYK"), base.convert("L"), base.convert("1"), base.quantize(64), base.convert("LA")):
+        out = decode_image(encode(im, "TIFF" if im.mode == "CMYK" else "PNG")).rgb
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+    grey16 = np.asarray(base.convert("L")).astype(np.uint16) * 257
+    out = decode_image(encode(Image.fromarray(grey16), "PNG")).rgb
+    assert np.array_equal(out[:, :, 0], np.asarray(base.convert("L"))) and np.array_equal(out[:, :, 0], out[:, :, 2])
+    rgba = base.convert("RGBA")
+    rgba.putpixel((0, 0), (10, 20, 30, 0))  # transparent: composited on white
+    assert tuple(decode_image(encode(rgba, "PNG")).rgb[0, 0]) == (255, 255, 255)
+
+
+def test_decode_exif_and_frames() -> None:
+    base = photo(PORTRAITS[1], 160)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = decode_image(encode(base.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=exif.tobytes()))
+    assert out.rgb.shape[:2] == (base.height, base.width)
+    frames = [base.quantize(64), Image.new("P", base.size, 3)]
+    gif = decode_image(encode(frames[0], "GIF", save_all=True, append_images=frames[1:]))
+    assert gif.format == "GIF" and any("first frame" in w for w in gif.warnings)
+    assert gif.rgb.std() > 10  # the photo, not the blank second frame
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "empty_image"),
+        (b"definitely not an image", "not_an_image"),
+        ("truncated", "corrupt_image"),
+        ("ppm", "unsupported_image_format"),
+    ],
+)
+def test_decode_errors(data, code) -> None:
+    if data == "truncated":
+        full = encode(photo(PORTRAITS[1], 160), "JPEG")
+        data = full[: len(full) // 2]
+    elif data == "ppm":
+        data = encode(photo(PORTRAITS[1], 160), "PPM")
+    with pytest.raises(ImageDecodeError) as info:
+        decode_image(data)
+    assert info.value.code == code
+
+
+def test_decode_pixel_limit() -> None:
+    data = encode(Image.new("RGB", (300, 200)), "PNG")
+    with pytest.raises(ImageDecodeError, match="300x200 = 60000 pixels, over the limit of 50000") as info:
+        decode_image(data, max_pixels=50_000)
+    assert info.value.code == "too_many_pixels"
+    assert decode_image(data, max_pixels=60_000).rgb.shape == (200, 300, 3)
+
+
+def test_core_does_not_import_the_service() -> None:
+    """fmpn/ is the core: it must not import app/ or training/."""
+    for path in (ROOT / "fmpn").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in ("app", "training", "cli"), f"{path}: imports {name}"
+
+
+def test_png_round_trip_of_io_helpers() -> None:
+    assert Image.open(io.BytesIO(encode(photo(GROUP, 64), "PNG"))).format == "PNG"
