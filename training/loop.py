@@ -94,6 +94,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # Recompute this epoch's lr from the (possibly changed) schedule rather than trusting the saved one.
+        rule = linear_decay(schedule.niter, schedule.niter_decay)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * rule(scheduler.last_epoch)
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
         restore_rng(state["rng"])
         log.info("resumed %s at epoch %d", out, start_epoch)
