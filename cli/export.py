@@ -9,6 +9,7 @@ FORMATS = ("onnx", "torchscript")  # kept in step with training.export.FORMATS (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    register_release(subparsers)
     parser = subparsers.add_parser(
         "export",
         help="export a checkpoint to ONNX or TorchScript",
@@ -37,6 +38,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the exported file (onnxruntime / torch.jit.load) on random faces and print the max error",
     )
     parser.set_defaults(func=run)
+
+
+def register_release(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("release", help="write released weights: float16 storage, same metadata")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="e.g. weights/fmpn-cpu-fer2013.safetensors")
+    p.add_argument("--float32", action="store_true", help="keep float32 storage")
+    p.set_defaults(func=run_release)
+
+
+def run_release(args: argparse.Namespace) -> int:
+    from fmpn.checkpoint import file_sha256
+    from training.release import release
+
+    path = release(args.checkpoint, args.out, half=not args.float32)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)[:16]})")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

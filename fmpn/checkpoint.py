@@ -37,10 +37,20 @@ class Checkpoint:
 
     def build_model(self) -> FMPN:
         model = build_fmpn(self.profile, len(self.classes))
+        expected = model.state_dict()
+        wrong = [k for k, v in self.state_dict.items() if k in expected and v.shape != expected[k].shape]
+        if wrong:  # one line, not torch's one line per tensor
+            k = wrong[0]
+            raise CheckpointError(
+                f"checkpoint does not fit profile {self.profile.name!r}: {len(wrong)} tensors differ in shape "
+                f"(e.g. {k}: {list(self.state_dict[k].shape)} in the checkpoint, {list(expected[k].shape)} in the "
+                "profile's model); the weights were trained with another profile"
+            )
         try:
             missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
-        except RuntimeError as exc:  # shape mismatch
-            raise CheckpointError(f"checkpoint does not fit profile {self.profile.name!r}: {exc}") from None
+        except RuntimeError as exc:  # any other mismatch
+            message = " ".join(str(exc).split())
+            raise CheckpointError(f"checkpoint does not fit profile {self.profile.name!r}: {message}") from None
         if missing or unexpected:
             raise CheckpointError(
                 f"checkpoint does not fit profile {self.profile.name!r}: "
@@ -58,10 +68,15 @@ def save_checkpoint(
     *,
     template: list[list[float]] | None = None,
     config: dict[str, Any] | None = None,
+    half: bool = False,
 ) -> Path:
+    """``half`` stores floating-point tensors as float16 (released weights: half the size); they are
+    loaded back into the float32 model, so the file itself is what gets evaluated and served."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     meta = {
         "format": FORMAT,
         "profile": json.dumps(profile.to_dict()),
@@ -94,8 +109,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     try:
+        profile = json.loads(meta["profile"])
+        if not isinstance(profile, dict):
+            raise CheckpointError(
+                f"checkpoint {path} has broken metadata: its profile must be the profile's settings (a JSON object), "
+                f"got {profile!r}"
+            )
         return Checkpoint(
-            profile=Profile.from_dict(json.loads(meta["profile"])),
+            profile=Profile.from_dict(profile),
             classes=json.loads(meta["classes"]),
             state_dict=state,
             template=json.loads(meta.get("template", "null")),

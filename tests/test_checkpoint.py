@@ -43,3 +43,23 @@ def test_bad_files_give_clear_errors(tmp_path) -> None:
     ckpt.profile = CPU  # ngf 16: the weights do not fit
     with pytest.raises(CheckpointError, match="does not fit"):
         ckpt.build_model()
+
+
+def test_release_stores_float16_and_serves_the_file_it_evaluates(tmp_path) -> None:
+    from cli.main import main as fmpn_main
+
+    torch.manual_seed(0)
+    model = build_fmpn(CPU, 7)
+    src = save_checkpoint(tmp_path / "train.safetensors", model, CPU, list("abcdefg"), config={"epochs": 3})
+    out = tmp_path / "weights" / "release.safetensors"
+    assert fmpn_main(["release", str(src), "--out", str(out)]) == 0
+    assert out.stat().st_size < 0.55 * src.stat().st_size
+    ckpt = load_checkpoint(out)
+    assert ckpt.state_dict["classifier.fc.weight"].dtype == torch.float16
+    assert ckpt.config["stored_dtype"] == "float16" and ckpt.config["epochs"] == 3
+    released = ckpt.build_model()
+    assert next(released.parameters()).dtype == torch.float32
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model.eval()(x), released(x)
+    assert torch.allclose(a[1], b[1], atol=1e-2)
