@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Any
 
@@ -98,6 +99,7 @@ class Service:
         )
 
     def _fail(self, reason: str) -> None:
+        reason = re.sub(r"\s*\n\s*", " ", reason.strip())  # one log line and one /readyz line, whatever the text
         self.state, self.reason = "failed", f"model could not be loaded: {reason}"
         self.metrics.ready.set(0)
         log.error("%s (the service stays up; /readyz answers 503 until this is fixed and it restarts)", self.reason)

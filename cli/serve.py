@@ -70,6 +70,7 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     # Fail fast with one clear line instead of starting a service that can never become ready.
     ckpt = load_checkpoint(settings.weights)
+    ckpt.build_model()  # and that its tensors fit its profile (CheckpointError / ValueError otherwise)
     print(
         f"fmpn serve: {settings.weights} ({ckpt.profile.name}, {len(ckpt.classes)} classes) on http://{args.host}:{args.port}",
         file=sys.stderr,

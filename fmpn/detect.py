@@ -26,6 +26,7 @@ class FaceDetector:
     ) -> None:
         from facenet_pytorch import MTCNN
 
+        self.min_face_size = min_face_size
         self.mtcnn = MTCNN(
             keep_all=True,
             device=torch.device(device),
@@ -42,8 +43,11 @@ class FaceDetector:
         """Several images at once; MTCNN batches only images of one size, so others run one by one."""
         out: list[list[Face]] = []
         for image in images:
-            boxes, probs, points = self.mtcnn.detect(image, landmarks=True)
             faces: list[Face] = []
+            if min(image.shape[:2]) < self.min_face_size:  # no face fits (and MTCNN fails on an empty pyramid)
+                out.append(faces)
+                continue
+            boxes, probs, points = self.mtcnn.detect(image, landmarks=True)
             if boxes is not None:
                 for box, prob, pts in zip(boxes, probs, points, strict=True):
                     faces.append(Face(tuple(float(v) for v in box), float(prob), np.asarray(pts, dtype=np.float64)))

@@ -291,7 +291,8 @@ class Predictor:
         if self.batch_detect and len(images) > 1:
             groups: dict[tuple[int, ...], list[int]] = {}
             for i, im in enumerate(smalls):
-                groups.setdefault(im.shape, []).append(i)
+                if min(im.shape[:2]) >= self.detector.min_face_size:  # smaller ones: no face, see FaceDetector
+                    groups.setdefault(im.shape, []).append(i)
             for idx in groups.values():
                 if len(idx) > 1:
                     for i, faces in zip(idx, self._detect_same_size([smalls[i] for i in idx]), strict=True):

@@ -29,6 +29,7 @@ _ERRORS = {
         415: "unsupported content type or image format",
         422: "invalid parameters",
         429: "rate limit exceeded (Retry-After)",
+        500: "inference failed for this image (the error is logged; the service goes on)",
         503: "not ready, or the queue is full (Retry-After)",
     }.items()
 }

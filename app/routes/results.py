@@ -9,7 +9,10 @@ from app.schemas import ErrorResponse, PredictionResponse, mask_png
 
 router = APIRouter(tags=["results"])
 
-_404 = {404: {"model": ErrorResponse, "description": "unknown or expired result id, or no such face"}}
+_404 = {
+    404: {"model": ErrorResponse, "description": "unknown or expired result id, or no such face"},
+    422: {"model": ErrorResponse, "description": "invalid parameters"},  # not FastAPI's default body: ours
+}
 _PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
 
 
