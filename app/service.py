@@ -28,6 +28,20 @@ from fmpn.inference import DecodedImage, ImageDecodeError, ImagePrediction, Pred
 log = logging.getLogger("app")
 
 
+
+def build_predictor(s: Settings) -> Predictor:
+    """The in-process pipeline configured from the service settings (the service and ``fmpn predict``)."""
+    return Predictor(
+        s.weights,
+        s.device,
+        half=s.half,
+        max_faces=s.max_faces,
+        detect_max_side=s.detect_max_side,
+        min_face_size=s.min_face_size,
+        min_face_score=s.min_face_score,
+        model_batch=s.model_batch,
+    )
+
 class Service:
     def __init__(self, settings: Settings, metrics: Metrics, predictor: Predictor | None = None) -> None:
         self.settings = settings
@@ -54,19 +68,9 @@ class Service:
         return self.state == "ready"
 
     def _build_predictor(self) -> Predictor:
-        s = self.settings
-        if s.torch_threads:
-            torch.set_num_threads(s.torch_threads)
-        return Predictor(
-            s.weights,
-            s.device,
-            half=s.half,
-            max_faces=s.max_faces,
-            detect_max_side=s.detect_max_side,
-            min_face_size=s.min_face_size,
-            min_face_score=s.min_face_score,
-            model_batch=s.model_batch,
-        )
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        return build_predictor(self.settings)
 
     async def start(self) -> None:
         """Load the checkpoint and detector, warm up, start the batcher; failures end in state 'failed'."""

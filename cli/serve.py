@@ -88,7 +88,8 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> int:
     from app.render import encode_png, render_overlay
     from app.schemas import BatchItem, BatchResponse, ErrorDetail, prediction_response
-    from fmpn.inference import ImageDecodeError, Predictor, load_image_file
+    from app.service import build_predictor
+    from fmpn.inference import ImageDecodeError, load_image_file
 
     settings = _settings(args)
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
@@ -99,16 +100,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"no such photo: {p}")
-    predictor = Predictor(
-        settings.weights,
-        settings.device,
-        half=settings.half,
-        max_faces=settings.max_faces,
-        detect_max_side=settings.detect_max_side,
-        min_face_size=settings.min_face_size,
-        min_face_score=settings.min_face_score,
-        model_batch=settings.model_batch,
-    )
+    predictor = build_predictor(settings)
     info = predictor.info()
     limit = args.max_faces or settings.max_faces
     alpha = settings.mask_alpha if args.alpha is None else args.alpha
