@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 import fmpn
 from app.errors import install_error_handlers
+from app.memory import limit_malloc_arenas
 from app.metrics import Metrics, MetricsMiddleware
 from app.routes import demo, health, models, predictions, results
 from app.security import RateLimiter, check_api_key, check_rate_limit
@@ -36,6 +37,7 @@ Errors are JSON `{"error": {"code", "message"}}`.
 def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> FastAPI:
     """Build the app. ``predictor``: an already-loaded one to use instead of loading ``settings.weights``."""
     settings = settings or Settings()
+    limit_malloc_arenas()  # before any worker thread allocates: see app/memory.py
     metrics = Metrics()
     service = Service(settings, metrics, predictor)
 
