@@ -14,7 +14,7 @@ import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("masks", help="crop template and motion masks: template, generate, compare, grid")
+    parser = subparsers.add_parser("masks", help="crop template, motion masks and figures")
     sub = parser.add_subparsers(dest="masks_command", required=True, metavar="ACTION")
     register_figures(sub)
 
