@@ -47,22 +47,22 @@ def sample_images(paths: Sequence[Path], limit: int | None, seed: int = 0) -> li
     return sorted(random.Random(seed).sample(list(paths), limit))
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB; a clear error naming the file when it cannot be decoded."""
+def _read(path: str | Path, mode: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+            return np.asarray(im.convert(mode), dtype=np.uint8).copy()
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB; a clear error naming the file when it cannot be decoded."""
+    return _read(path, "RGB")
 
 
 def read_grey(path: str | Path) -> np.ndarray:
     """An image file as (H, W) uint8 grey (PIL 'L', ITU-R 601 luma); a clear error naming the file."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L"), dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
+    return _read(path, "L")
 
 
 def detect_relative(
