@@ -113,3 +113,26 @@ def test_two_process_ddp_step_leaves_identical_weights(ckplus48, fmpn_original, 
         assert torch.equal(a[key], b[key]), key
         assert torch.equal(a[key], saved[key]), key
     assert sum(not torch.equal(a[k], initial[k]) for k in params) > len(params) // 2  # they trained
+
+
+def test_pretrained_head_rows_are_matched_by_class_name(tmp_path) -> None:
+    """FER2013 -> CK+: the six shared classes start from the pretrained rows, contempt keeps its own init."""
+    from fmpn.checkpoint import save_checkpoint
+    from fmpn.classes import CKPLUS, FER2013
+    from training.loop import load_parts
+
+    profile = CPU.replace(prior=False)
+    torch.manual_seed(0)
+    source = build_fmpn(profile, len(FER2013))
+    path = tmp_path / "fer.safetensors"
+    save_checkpoint(path, source, profile, list(FER2013))
+    target = build_fmpn(profile, len(CKPLUS))
+    fresh = target.classifier.fc.weight.detach().clone()
+    load_parts(target, str(path), ["classifier"], list(CKPLUS))
+    got, src = target.classifier.fc.weight.detach(), source.classifier.fc.weight.detach()
+    for fer, ck in (("angry", "anger"), ("happy", "happy"), ("sad", "sadness"), ("surprise", "surprise")):
+        assert torch.equal(got[CKPLUS.index(ck)], src[FER2013.index(fer)])
+        assert torch.equal(target.classifier.fc.bias[CKPLUS.index(ck)], source.classifier.fc.bias[FER2013.index(fer)])
+    assert torch.equal(got[CKPLUS.index("contempt")], fresh[CKPLUS.index("contempt")])
+    body = "classifier.layer1.0.conv1.weight"
+    assert torch.equal(target.state_dict()[body], source.state_dict()[body])

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from fmpn.align import TEMPLATES
 from fmpn.checkpoint import load_checkpoint, save_checkpoint
+from fmpn.classes import map_classes
 from fmpn.models import FMPN, build_fmpn, to_gray
 from fmpn.profiles import Profile, Schedule
 from training import distributed
@@ -211,13 +212,19 @@ HEAD_PREFIXES = ("classifier.fc.", "classifier.classifier.")
 
 
 def load_parts(model: FMPN, path: str, parts: list[str], classes: list[str]) -> None:
-    """Copy the named sub-nets from a checkpoint; tensors whose shape differs are skipped, and so is
-    the classifier head when the checkpoint's classes are not ours (pretraining on another dataset)."""
+    """Copy the named sub-nets from a checkpoint; tensors whose shape differs are skipped.
+
+    When the checkpoint's classes are not ours (pretraining on another dataset), the head's rows are
+    matched by class name (FER2013 ``angry`` -> CK+ ``anger``), so shared classes start trained and
+    the others (CK+ ``contempt``) keep their fresh init.
+    """
     ckpt = load_checkpoint(path)
     source = ckpt.state_dict
-    if ckpt.classes != list(classes):
-        source = {k: v for k, v in source.items() if not k.startswith(HEAD_PREFIXES)}
     own = model.state_dict()
+    if ckpt.classes != list(classes):
+        rows = map_classes(ckpt.classes, classes)
+        source = {k: _map_head(k, v, own.get(k), rows) if k.startswith(HEAD_PREFIXES) else v for k, v in source.items()}
+        log.info("head rows matched by class name: %s", {ckpt.classes[s]: classes[t] for s, t in rows.items()})
     take = {k: v for k, v in source.items() if k.split(".")[0] in parts and k in own and own[k].shape == v.shape}
     if not take:
         raise ValueError(f"{path} has no weights for {', '.join(parts)} that fit this model")
@@ -226,6 +233,16 @@ def load_parts(model: FMPN, path: str, parts: list[str], classes: list[str]) -> 
     log.info(
         "initialised %d tensors of %s from %s (%d skipped, e.g. %s)", len(take), parts, path, len(skipped), skipped[:2]
     )
+
+
+def _map_head(key: str, value: torch.Tensor, own: torch.Tensor | None, rows: dict[int, int]) -> torch.Tensor:
+    """Our head tensor with the source rows of the shared classes copied in (other rows untouched)."""
+    if own is None or own.shape[1:] != value.shape[1:]:
+        return value  # not a head tensor of this model: the shape check below skips it
+    mapped = own.clone()
+    for src, dst in rows.items():
+        mapped[dst] = value[src]
+    return mapped
 
 
 def save_model(path: Path, model: FMPN, profile: Profile, classes: list[str], cfg: TrainConfig, record: dict) -> None:
