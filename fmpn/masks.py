@@ -17,15 +17,12 @@ import numpy as np
 from PIL import Image
 
 from fmpn.classes import canonical
+from fmpn.images import read_image
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A mask PNG as a (H, W) uint8 array."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L"), dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read mask {path}: {exc}") from None
+    return read_image(path, "L", "mask")
 
 
 def load_mask_folder(folder: str | Path, num_classes: int) -> list[np.ndarray]:

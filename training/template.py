@@ -19,9 +19,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
 
 from fmpn.align import align_face
+from fmpn.images import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 POINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -47,22 +47,14 @@ def sample_images(paths: Sequence[Path], limit: int | None, seed: int = 0) -> li
     return sorted(random.Random(seed).sample(list(paths), limit))
 
 
-def _read(path: str | Path, mode: str) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert(mode), dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from None
-
-
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB; a clear error naming the file when it cannot be decoded."""
-    return _read(path, "RGB")
+    return read_image(path, "RGB")
 
 
 def read_grey(path: str | Path) -> np.ndarray:
     """An image file as (H, W) uint8 grey (PIL 'L', ITU-R 601 luma); a clear error naming the file."""
-    return _read(path, "L")
+    return read_image(path, "L")
 
 
 def detect_relative(

@@ -1,0 +1,17 @@
+"""One reader for image files on disk (faces, masks): a clear error naming the file, never a PIL trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def read_image(path: str | Path, mode: str = "RGB", what: str = "image") -> np.ndarray:
+    """``path`` as a uint8 array in PIL ``mode`` ('RGB': (H, W, 3); 'L': (H, W), ITU-R 601 luma)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode), dtype=np.uint8).copy()
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc}") from None
