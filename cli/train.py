@@ -40,6 +40,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network")
     p.add_argument("--max-steps", type=int, help="stop each epoch after N steps (smoke runs)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--balance",
+        type=float,
+        default=0.0,
+        help="class-balanced sampling: 0 natural frequencies (default), 1 every class equally often, 0.5 between",
+    )
     p.add_argument("--stop-after", type=int, help="end after N epochs; running the same command again resumes")
 
 
@@ -111,6 +117,7 @@ def _configs(args: argparse.Namespace, stage: int):
         compile=args.compile,
         max_steps=args.max_steps,
         stop_after=args.stop_after,
+        balance=args.balance,
         progress=not args.no_progress,
     )
 

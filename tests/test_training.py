@@ -136,3 +136,44 @@ def test_pretrained_head_rows_are_matched_by_class_name(tmp_path) -> None:
     assert torch.equal(got[CKPLUS.index("contempt")], fresh[CKPLUS.index("contempt")])
     body = "classifier.layer1.0.conv1.weight"
     assert torch.equal(target.state_dict()[body], source.state_dict()[body])
+
+
+def test_balanced_sampler_evens_out_classes_and_ranks_share_one_draw(ckplus48) -> None:
+    from fmpn.data import ckplus48_samples
+    from training.data import BalancedSampler
+
+    labels = [s.label for s in ckplus48_samples(ckplus48, 0, "train").samples]
+    counts = torch.bincount(torch.tensor(labels)).tolist()
+    assert max(counts) > 5 * min(counts)  # CK+ is skewed: contempt is rare, surprise common
+
+    def drawn(sampler: BalancedSampler) -> list[int]:
+        return torch.bincount(torch.tensor([labels[i] for i in sampler]), minlength=len(counts)).tolist()
+
+    even = drawn(BalancedSampler(labels, 1.0))
+    assert sum(even) == len(labels)
+    assert max(even) < 1.5 * min(even), even  # every class about len/7
+    natural = drawn(BalancedSampler(labels, 0.0))
+    rare = counts.index(min(counts))
+    assert natural[rare] < even[rare] / 2, (natural, even)
+
+    # Two ranks take alternate indices of the same draw; a new epoch draws anew, the same epoch again.
+    whole = list(BalancedSampler(labels, 0.5, seed=3, world_size=1))
+    ranks = [BalancedSampler(labels, 0.5, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    merged = [i for pair in zip(*ranks, strict=True) for i in pair]  # rank 0, rank 1, rank 0, ...
+    assert len(merged) >= len(whole) and merged[: len(whole)] == whole
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != whole[0::2]
+    assert list(ranks[0]) == list(ranks[0])
+
+
+def test_balance_option_reaches_the_sampler_and_rejects_bad_values(ckplus48, tmp_path, capsys) -> None:
+    from cli.main import main
+
+    args = ["train", "stage2", "--layout", "ckplus48", "--data", str(ckplus48), "--fold", "0", "--ablation"]
+    args += ["--out", str(tmp_path / "run"), "--limit", "16", "--niter", "1", "--niter-decay", "0"]
+    args += ["--max-steps", "1", "--no-progress", "--device", "cpu"]
+    assert main([*args, "--balance", "1.5"]) == 2
+    assert "--balance must be between 0" in capsys.readouterr().err
+    assert main([*args, "--balance", "1"]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["balance"] == 1.0

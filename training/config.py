@@ -45,6 +45,7 @@ class TrainConfig:
     ablation: bool = False  # stage 2 without the prior: the CN alone
     init: str | None = None  # checkpoint to start from (stage 1 output, or a pretrained model)
     init_parts: list[str] = field(default_factory=lambda: ["generator"])
+    balance: float = 0.0  # class-balanced sampling: 0 natural frequencies .. 1 every class equally often
     select: str = "last"  # "last" (the paper: final epoch) or "val" (best validation accuracy)
     seed: int = 0
     device: str = "auto"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import Sampler
 
 from fmpn.classes import CKPLUS
 from fmpn.data import FaceDataset, PairedTransform, SampleSet, ckplus48_samples, fmpn_samples, folder_samples
@@ -81,3 +85,38 @@ def _balanced_subset(split: SampleSet, limit: int) -> list:
 
 def make_dataset(split: SampleSet, profile: Profile, masks: list[np.ndarray] | None, train: bool) -> FaceDataset:
     return FaceDataset(split, PairedTransform(profile.image_size, profile.load_size, train=train), masks)
+
+
+class BalancedSampler(Sampler[int]):
+    """Draws each epoch's images with replacement, an image of class c with weight count(c) ** -power.
+
+    Small classes (CK+ contempt, FER2013 disgust) are otherwise seen a few dozen times an epoch.
+    ``power`` 0 keeps the natural frequencies, 1 draws every class equally often, 0.5 is between.
+    Every rank makes the same draw (seeded by seed + epoch, so a resumed run draws the same) and
+    takes every ``world_size``-th index of it, as ``DistributedSampler`` splits a permutation.
+    """
+
+    def __init__(self, labels: Sequence[int], power: float, seed: int = 0, rank: int = 0, world_size: int = 1):
+        if not 0.0 <= power <= 1.0:
+            raise ValueError(
+                f"--balance must be between 0 (natural frequencies) and 1 (classes equally often), got {power}"
+            )
+        labels_arr = np.asarray(labels, dtype=np.int64)
+        if labels_arr.size == 0:
+            raise ValueError("cannot balance an empty training set")
+        counts = np.bincount(labels_arr).astype(np.float64)
+        self.weights = torch.as_tensor(counts[labels_arr] ** -power, dtype=torch.float64)
+        self.num_samples = math.ceil(len(labels_arr) / world_size)
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        total = self.num_samples * self.world_size
+        drawn = torch.multinomial(self.weights, total, replacement=True, generator=generator)
+        return iter(drawn[self.rank :: self.world_size].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

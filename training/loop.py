@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -31,7 +31,7 @@ from fmpn.models import FMPN, build_fmpn, to_gray
 from fmpn.profiles import Profile, Schedule
 from training import distributed
 from training.config import TrainConfig
-from training.data import load_splits, make_dataset
+from training.data import BalancedSampler, load_splits, make_dataset
 from training.evaluate import evaluate
 from training.schedule import linear_decay
 
@@ -60,7 +60,12 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError("this stage needs class masks: pass --masks (a folder of <class>.png)")
     train_set = make_dataset(splits.train, profile, splits.masks if needs_masks else None, train=True)
     eval_set = make_dataset(splits.eval, profile, None, train=False) if splits.eval else None
-    sampler = DistributedSampler(train_set, seed=cfg.seed) if info.enabled else None
+    sampler: Sampler[int] | None = None
+    if cfg.balance:
+        labels = [s.label for s in splits.train.samples]
+        sampler = BalancedSampler(labels, cfg.balance, cfg.seed, info.rank, info.world_size)
+    elif info.enabled:
+        sampler = DistributedSampler(train_set, seed=cfg.seed)
     loader = DataLoader(
         train_set,
         batch_size=schedule.batch_size,
@@ -109,7 +114,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     end_epoch = schedule.epochs if cfg.stop_after is None else min(schedule.epochs, start_epoch + cfg.stop_after)
     for epoch in range(start_epoch, end_epoch):
-        if sampler is not None:
+        if isinstance(sampler, (DistributedSampler, BalancedSampler)):
             sampler.set_epoch(epoch)
         model.train()
         totals, seen, t0 = {"loss": 0.0, "ce": 0.0, "mse": 0.0}, 0, time.perf_counter()
