@@ -117,6 +117,7 @@ class ModelInfo(BaseModel):
     weights_sha256: str
     device: str
     dtype: str
+    flip_average: bool = Field(description="probabilities average each face and its mirror image")
 
 
 class ModelsResponse(BaseModel):

@@ -40,6 +40,7 @@ def build_predictor(s: Settings) -> Predictor:
         min_face_size=s.min_face_size,
         min_face_score=s.min_face_score,
         model_batch=s.model_batch,
+        flip_average=s.flip_average,
     )
 
 class Service:

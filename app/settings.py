@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     half: bool | None = Field(None, description="half precision; default: on for CUDA, off for CPU")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+    flip_average: bool | None = Field(
+        None, description="average each face with its mirror image; default: as the weights' model card says"
+    )
     warmup: bool = Field(True, description="run the detector and model once before /readyz says ready")
 
     # detection

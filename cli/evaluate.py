@@ -18,6 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.add_argument(
+        "--flip-average",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average each face with its mirror image (default: as the checkpoint says, like the service)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -40,8 +46,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split, skipped, dropped = remap(split, ckpt.classes)
     device = torch.device(args.device)
     dataset = make_dataset(split, ckpt.profile, None, train=False)
+    flip = ckpt.flip_average if args.flip_average is None else args.flip_average
     result = evaluate(
-        ckpt.build_model().to(device), dataset, device, args.batch_size, skipped_classes=skipped, skipped_images=dropped
+        ckpt.build_model().to(device),
+        dataset,
+        device,
+        args.batch_size,
+        skipped_classes=skipped,
+        skipped_images=dropped,
+        flip_average=flip,
     )
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0

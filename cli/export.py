@@ -45,6 +45,12 @@ def register_release(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="e.g. weights/fmpn-cpu-fer2013.safetensors")
     p.add_argument("--float32", action="store_true", help="keep float32 storage")
+    p.add_argument(
+        "--flip-average",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="predictions average each face with its mirror image (default: as the source checkpoint)",
+    )
     p.set_defaults(func=run_release)
 
 
@@ -52,7 +58,7 @@ def run_release(args: argparse.Namespace) -> int:
     from fmpn.checkpoint import file_sha256
     from training.release import release
 
-    path = release(args.checkpoint, args.out, half=not args.float32)
+    path = release(args.checkpoint, args.out, half=not args.float32, flip_average=args.flip_average)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)[:16]})")
     return 0
 

@@ -35,6 +35,11 @@ class Checkpoint:
     template: list[list[float]] | None = None  # 5-point face template in crop-relative coordinates
     config: dict[str, Any] = field(default_factory=dict)  # training config and results
 
+    @property
+    def flip_average(self) -> bool:
+        """Whether the release asks predictions to average each face with its mirror image."""
+        return bool(self.config.get("flip_average", False))
+
     def build_model(self) -> FMPN:
         model = build_fmpn(self.profile, len(self.classes))
         expected = model.state_dict()

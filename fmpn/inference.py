@@ -32,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_transform
 from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from fmpn.detect import Face, FaceDetector
+from fmpn.models import class_probabilities
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -222,6 +223,7 @@ class Predictor:
         min_face_score: float = 0.9,
         model_batch: int = 64,
         batch_detect: bool | None = None,
+        flip_average: bool | None = None,
     ) -> None:
         self.weights = Path(weights)
         self.device = resolve_device(device)
@@ -234,6 +236,8 @@ class Predictor:
         if self.half and self.device.type != "cuda":
             raise ValueError("half precision needs a CUDA device")
         self.dtype = torch.float16 if self.half else torch.float32
+        # Average each face with its mirror image when the release asks for it (model card), or as told.
+        self.flip_average = self.checkpoint.flip_average if flip_average is None else bool(flip_average)
         model = self.checkpoint.build_model().to(self.device)
         self.model = model.half() if self.half else model.float()
         self.model.eval()
@@ -267,6 +271,7 @@ class Predictor:
             "weights_sha256": self.sha256,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "flip_average": self.flip_average,
         }
 
     # -- stages ------------------------------------------------------------------------------
@@ -374,8 +379,8 @@ class Predictor:
         for start in range(0, n, self.model_batch):
             chunk = torch.from_numpy(np.ascontiguousarray(crops[start : start + self.model_batch]))
             x = chunk.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-            logits, mask = self.model(x)
-            probs.append(torch.softmax(logits.float(), dim=1).double().cpu())
+            p, mask = class_probabilities(self.model, x, self.flip_average)
+            probs.append(p.double().cpu())
             masks.append(mask.float()[:, 0].cpu())
         return torch.cat(probs).numpy(), torch.cat(masks).numpy()
 

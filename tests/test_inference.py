@@ -148,6 +148,25 @@ def test_detection_copy_coordinates(group, predictor) -> None:
         assert np.allclose(a.landmarks, b.landmarks * scale, atol=4)
 
 
+def test_flip_average_follows_the_release_and_averages_the_mirror_image(group, tmp_path) -> None:
+    from training.release import release
+
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # released with --flip-average
+    flip, plain = Predictor(weights, "cpu", detect_max_side=640), Predictor(weights, "cpu", flip_average=False)
+    assert flip.flip_average and flip.info()["flip_average"] and not plain.info()["flip_average"]
+    off = release(weights, tmp_path / "off.safetensors", flip_average=False)
+    assert not Predictor(off, "cpu").flip_average
+    image = group[0]
+    (result,) = flip.predict([image])
+    crops = np.stack([plain.align(image, f.landmarks)[0] for f in result.faces])
+    p_face, m_face = plain.classify(crops)
+    p_mirror, _ = plain.classify(np.ascontiguousarray(crops[:, :, ::-1]))
+    assert np.abs(p_face - p_mirror).max() > 0.01  # the two views differ, so the average is a real change
+    for k, face in enumerate(result.faces):
+        assert np.allclose(face.probabilities, (p_face[k] + p_mirror[k]) / 2, atol=1e-5)
+        assert np.allclose(face.mask, m_face[k], atol=1e-5)  # the mask is the face's own, not averaged
+
+
 def test_missing_checkpoint(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         Predictor(tmp_path / "none.safetensors", "cpu")

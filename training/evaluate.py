@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from fmpn.classes import map_classes
 from fmpn.data import FaceDataset, Sample, SampleSet
-from fmpn.models import FMPN
+from fmpn.models import FMPN, class_probabilities
 
 
 @dataclass
@@ -68,14 +68,15 @@ def evaluate(
     amp: bool = False,
     skipped_classes: list[str] | None = None,
     skipped_images: int = 0,
+    flip_average: bool = False,
 ) -> EvalResult:
     model.eval()
     k = len(dataset.classes)
     confusion = torch.zeros(k, k, dtype=torch.long)
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits, _ = model(batch["image"].to(device))
-        pred = logits.float().argmax(1).cpu()
+            probs, _ = class_probabilities(model, batch["image"].to(device), flip_average)
+        pred = probs.argmax(1).cpu()
         confusion += torch.bincount(batch["label"] * k + pred, minlength=k * k).view(k, k)
     n = int(confusion.sum())
     support = confusion.sum(1)

@@ -1,5 +1,5 @@
 from fmpn.models.classifier import build_classifier
-from fmpn.models.fmpn import FMPN, build_fmpn, fmpn_cpu, fmpn_paper, to_gray
+from fmpn.models.fmpn import FMPN, build_fmpn, class_probabilities, fmpn_cpu, fmpn_paper, to_gray
 from fmpn.models.fusion import PriorFusionNet
 from fmpn.models.generator import MotionMaskGenerator
 
@@ -9,6 +9,7 @@ __all__ = [
     "PriorFusionNet",
     "build_classifier",
     "build_fmpn",
+    "class_probabilities",
     "fmpn_cpu",
     "fmpn_paper",
     "to_gray",

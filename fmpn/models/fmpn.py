@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fmpn.models.classifier import build_classifier
@@ -39,6 +40,22 @@ class FMPN(nn.Module):
         mask = self.generator(gray)
         fused = self.fusion(rgb, mask * gray)
         return self.classifier(fused), mask
+
+
+def class_probabilities(model: FMPN, rgb: Tensor, flip_average: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Softmax probabilities (float32) and motion masks of a batch of faces.
+
+    ``flip_average`` also runs each face's mirror image and averages the two probability vectors: the
+    nets train with random flips, so both views are faces they know, and their errors partly cancel.
+    The masks stay those of the faces as given.
+    """
+    n = rgb.shape[0]
+    logits, mask = model(torch.cat([rgb, rgb.flip(-1)]) if flip_average else rgb)
+    probs = torch.softmax(logits.float(), dim=1)
+    if flip_average:
+        probs = (probs[:n] + probs[n:]) / 2
+        mask = None if mask is None else mask[:n]
+    return probs, mask
 
 
 def build_fmpn(profile: Profile, num_classes: int, backbone_weights: str | None = None) -> FMPN:
