@@ -81,6 +81,17 @@ def test_export_embeds_classes_profile_and_size(exported, fmt: str) -> None:
     assert meta["profile"] == "cpu" and meta["image_size"] == "64"
     assert json.loads(meta["profile_json"]) == CPU.to_dict()
     assert json.loads(meta["template"]) == template
+    assert json.loads(meta["flip_average"]) is False  # a checkpoint released without mirror averaging
+
+
+def test_export_says_when_the_release_averages_the_mirror_image(exported, tmp_path) -> None:
+    from training.release import release
+
+    _, files, _ = exported
+    flipped = release(files["onnx"].with_suffix(".safetensors"), tmp_path / "f.safetensors", flip_average=True)
+    out = tmp_path / "f.torchscript.pt"
+    assert main(["export", str(flipped), "--format", "torchscript", "--out", str(out)]) == 0
+    assert json.loads(read_export_metadata(out)["flip_average"]) is True
 
 
 def test_onnx_graph_has_a_dynamic_batch_axis_and_named_outputs(exported) -> None:

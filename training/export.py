@@ -42,7 +42,17 @@ DEFAULT_OPSET = 17
 INPUT_NAME = "rgb"
 OUTPUT_NAMES = ("logits", "mask")
 TORCHSCRIPT_EXTRA = "fmpn.json"
-METADATA_KEYS = ("format", "classes", "profile", "profile_json", "image_size", "input", "outputs", "template")
+METADATA_KEYS = (
+    "format",
+    "classes",
+    "profile",
+    "profile_json",
+    "image_size",
+    "input",
+    "outputs",
+    "template",
+    "flip_average",
+)
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
@@ -63,7 +73,10 @@ def default_output(checkpoint: str | Path, fmt: str) -> Path:
     return path.with_name(path.stem + SUFFIXES[check_format(fmt)])
 
 
-def export_metadata(profile: Profile, classes: list[str], template: list[list[float]] | None = None) -> dict[str, str]:
+def export_metadata(
+    profile: Profile, classes: list[str], template: list[list[float]] | None = None, flip_average: bool = False
+) -> dict[str, str]:
+    """``flip_average``: the release averages softmax(logits) of each face and its mirror (the graph runs one view)."""
     s = profile.image_size
     return {
         "format": EXPORT_FORMAT,
@@ -74,6 +87,7 @@ def export_metadata(profile: Profile, classes: list[str], template: list[list[fl
         "input": f"{INPUT_NAME}: float32 (batch, 3, {s}, {s}) RGB in [0, 1]",
         "outputs": f"logits: (batch, {len(classes)}); mask: (batch, 1, {s}, {s}) in (0, 1)",
         "template": json.dumps(template),
+        "flip_average": json.dumps(flip_average),
     }
 
 
@@ -158,6 +172,7 @@ def export_model(
     batch_size: int = 1,
     template: list[list[float]] | None = None,
     opset: int = DEFAULT_OPSET,
+    flip_average: bool = False,
 ) -> ExportResult:
     """Export ``model`` (switched to eval mode, on the CPU) to ``out``; ``batch_size`` is the traced example's."""
     fmt = check_format(fmt)
@@ -165,7 +180,7 @@ def export_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    metadata = export_metadata(profile, classes, template)
+    metadata = export_metadata(profile, classes, template, flip_average)
     try:
         with torch.no_grad():
             if fmt == "onnx":
@@ -192,7 +207,15 @@ def export_checkpoint(
     model = ckpt.build_model()
     out = default_output(checkpoint, fmt) if out is None else out
     return export_model(
-        model, ckpt.profile, ckpt.classes, fmt, out, batch_size=batch_size, template=ckpt.template, opset=opset
+        model,
+        ckpt.profile,
+        ckpt.classes,
+        fmt,
+        out,
+        batch_size=batch_size,
+        template=ckpt.template,
+        opset=opset,
+        flip_average=ckpt.flip_average,
     )
 
 
