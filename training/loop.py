@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid
 from tqdm import tqdm
@@ -60,7 +60,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError("this stage needs class masks: pass --masks (a folder of <class>.png)")
     train_set = make_dataset(splits.train, profile, splits.masks if needs_masks else None, train=True)
     eval_set = make_dataset(splits.eval, profile, None, train=False) if splits.eval else None
-    sampler: Sampler[int] | None = None
+    sampler: BalancedSampler | DistributedSampler | None = None  # None: plain shuffling
     if cfg.balance:
         labels = [s.label for s in splits.train.samples]
         sampler = BalancedSampler(labels, cfg.balance, cfg.seed, info.rank, info.world_size)
@@ -114,7 +114,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     end_epoch = schedule.epochs if cfg.stop_after is None else min(schedule.epochs, start_epoch + cfg.stop_after)
     for epoch in range(start_epoch, end_epoch):
-        if isinstance(sampler, (DistributedSampler, BalancedSampler)):
+        if sampler is not None:
             sampler.set_epoch(epoch)
         model.train()
         totals, seen, t0 = {"loss": 0.0, "ce": 0.0, "mse": 0.0}, 0, time.perf_counter()
