@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The CK+ 10-fold table in the paper profile (299 px, FMG ngf 64, Inception-v3 CN) on one GPU, with a
+# schedule short enough for one device call: FMPN (stage 1 + stage 2 per fold, two processes: folds 0-4
+# and 5-9) and the CN alone (the ablation), all three side by side on the GPU. No ImageNet weights
+# (nothing can be downloaded): everything starts from scratch, so this is not the paper's setting.
+#
+# Prepare here (data travels in an ignored folder of the checkout, ~5 MB):
+#   echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu/fmpn-original/datasets/CKPlus
+#   cp -r ../shared/data/ckplus48 .gpu/; cp -r ../shared/data/fmpn-original/datasets/CKPlus/imgs_res .gpu/fmpn-original/datasets/CKPlus/
+# Run on the device machine (its python3 has torch, torchvision, cv2, safetensors, tqdm, tensorboard):
+#   run(command="DATA=.gpu OUT=$OUT scripts/gpu_ckplus.sh", carry=[".gpu"], timeout_s=540)
+# Every finished fold leaves result.json, so a run cut short by BUDGET still prints its table.
+# Smoke test on the CPU: DATA=../shared/data OUT=/tmp/g FOLDS_A=0 FOLDS_B=1 FOLDS_ABLATION=0 EXTRA="--max-steps 1 --device cpu" S1="1 0" S2="1 0" scripts/gpu_ckplus.sh
+set -uo pipefail
+
+DATA=${DATA:-../shared/data}
+OUT=${OUT:-runs/gpu-ckplus}
+BUDGET=${BUDGET:-450}                  # seconds for all runs together
+S1=${S1:-"2 2"}                        # stage 1 (FMG alone): epochs at full lr, epochs of decay
+S2=${S2:-"4 4"}                        # stage 2 (joint) and the ablation
+FOLDS_A=${FOLDS_A:-0-4}
+FOLDS_B=${FOLDS_B:-5-9}
+FOLDS_ABLATION=${FOLDS_ABLATION:-0-9}
+MASKS=${MASKS:-"$DATA/fmpn-original/datasets/CKPlus/imgs_res/{fold}"}
+EXTRA=${EXTRA:-"--amp --channels-last --workers 4"}
+PY=${PY:-python3}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+
+read -r s1n s1d <<<"$S1"
+read -r s2n s2d <<<"$S2"
+mkdir -p "$OUT"
+common=(cv --profile paper --layout ckplus48 --data "$DATA/ckplus48" --niter "$s2n" --niter-decay "$s2d" --no-progress)
+# shellcheck disable=SC2206
+extra=($EXTRA)
+
+date -u +"start %FT%TZ"
+for folds in "$FOLDS_A" "$FOLDS_B"; do
+  timeout "$BUDGET" "$PY" -m cli.main "${common[@]}" "${extra[@]}" --masks "$MASKS" --out "$OUT/fmpn" \
+    --stage1-niter "$s1n" --stage1-niter-decay "$s1d" --folds "$folds" >"$OUT/fmpn-$folds.log" 2>&1 &
+done
+timeout "$BUDGET" "$PY" -m cli.main "${common[@]}" "${extra[@]}" --ablation --out "$OUT/ablation" --folds "$FOLDS_ABLATION" \
+  >"$OUT/ablation.log" 2>&1 &
+wait
+date -u +"end %FT%TZ"
+
+# The table from whatever folds finished (mean over those folds).
+"$PY" - "$OUT" "$S1" "$S2" <<'EOF'
+import json
+import sys
+from pathlib import Path
+
+out, s1, s2 = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+print("| run (paper profile, from scratch) | " + " | ".join(f"f{k}" for k in range(10)) + " | mean (folds) | fold time |")
+print("|---" * 13 + "|")
+for name, label in (("fmpn", f"FMPN, stage 1 {s1}, stage 2 {s2}"), ("ablation", f"CN alone, {s2}")):
+    cells, accs, wall = [], [], 0.0
+    for k in range(10):
+        path = out / name / f"fold_{k}" / "result.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            accs.append(r["accuracy"])
+            wall += r["wall_s"]
+            cells.append(f"{r['accuracy']:.3f}")
+        else:
+            cells.append("-")
+    mean = f"**{sum(accs) / len(accs):.4f}** ({len(accs)})" if accs else "-"
+    print(f"| {label} | " + " | ".join(cells) + f" | {mean} | {wall / 60:.1f} min |")
+EOF
+tail -n 3 "$OUT"/*.log
