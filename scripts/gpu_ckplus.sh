@@ -43,27 +43,19 @@ timeout "$BUDGET" "$PY" -m cli.main "${common[@]}" "${extra[@]}" --ablation --ou
 wait
 date -u +"end %FT%TZ"
 
-# The table from whatever folds finished (mean over those folds).
-"$PY" - "$OUT" "$S1" "$S2" <<'EOF'
+# The per-fold tables (training/cv.py's) of whatever folds finished, both FMPN halves in one table.
+"$PY" - "$OUT" <<'EOF'
 import json
 import sys
 from pathlib import Path
 
-out, s1, s2 = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-print("| run (paper profile, from scratch) | " + " | ".join(f"f{k}" for k in range(10)) + " | mean (folds) | fold time |")
-print("|---" * 13 + "|")
-for name, label in (("fmpn", f"FMPN, stage 1 {s1}, stage 2 {s2}"), ("ablation", f"CN alone, {s2}")):
-    cells, accs, wall = [], [], 0.0
-    for k in range(10):
-        path = out / name / f"fold_{k}" / "result.json"
-        if path.is_file():
-            r = json.loads(path.read_text())
-            accs.append(r["accuracy"])
-            wall += r["wall_s"]
-            cells.append(f"{r['accuracy']:.3f}")
-        else:
-            cells.append("-")
-    mean = f"**{sum(accs) / len(accs):.4f}** ({len(accs)})" if accs else "-"
-    print(f"| {label} | " + " | ".join(cells) + f" | {mean} | {wall / 60:.1f} min |")
+from training.cv import format_table
+
+for name in ("fmpn", "ablation"):
+    runs = sorted(Path(sys.argv[1], name).glob("fold_*/result.json"), key=lambda p: int(p.parent.name[5:]))
+    results = [json.loads(p.read_text()) for p in runs]
+    minutes = sum(r["wall_s"] for r in results) / 60
+    print(f"\n{name}: {len(results)} of 10 folds, {minutes:.1f} min of fold time")
+    print(format_table(results) if results else "no fold finished")
 EOF
 tail -n 3 "$OUT"/*.log
