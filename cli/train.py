@@ -46,6 +46,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=0.0,
         help="class-balanced sampling: 0 natural frequencies (default), 1 every class equally often, 0.5 between",
     )
+    p.add_argument(
+        "--augment",
+        choices=["crop", "strong"],
+        default="crop",
+        help="crop: the original five-crop + flip (default); strong: + rotation, scale, shift, random erasing",
+    )
     p.add_argument("--stop-after", type=int, help="end after N epochs; running the same command again resumes")
 
 
@@ -118,6 +124,7 @@ def _configs(args: argparse.Namespace, stage: int):
         max_steps=args.max_steps,
         stop_after=args.stop_after,
         balance=args.balance,
+        augment=args.augment,
         progress=not args.no_progress,
     )
 

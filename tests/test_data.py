@@ -149,3 +149,26 @@ def test_evaluate_cli_maps_classes_by_name_and_reports_skips(ckplus48, tmp_path,
     assert out["n"] == 48 and len(out["confusion"]) == 7 and sum(map(sum, out["confusion"])) == 48
     assert fmpn_main(["evaluate", str(ckpt), "--layout", "ckplus48", "--data", str(ckplus48)]) == 2
     assert "--fold" in capsys.readouterr().err
+
+
+def test_strong_augmentation_moves_image_and_mask_together_and_erases_the_image_only(ckplus48) -> None:
+    split = ckplus48_samples(ckplus48, 0, "test", check=False)
+    faces = [np.asarray(Image.open(s.path).convert("L")) for s in split.samples[:7]]
+    strong = PairedTransform(image_size=40, load_size=48, train=True, strength="strong")
+    plain = PairedTransform(image_size=40, load_size=48, train=False)
+    torch.manual_seed(0)
+    erased = warped = 0
+    for i in range(60):
+        with Image.open(split.samples[i % 7].path) as im:  # the mask is the face itself: any misalignment shows
+            image, mask = strong(im, faces[i % 7])
+            centre, _ = plain(im, faces[i % 7])
+        grey, target = image[0], mask[0]
+        hole = (grey == 0) & (target > 2 / 255)
+        assert torch.allclose(grey[~hole], target[~hole], atol=2 / 255)
+        erased += bool(hole.sum() >= 4)
+        warped += not torch.allclose(grey, centre[0], atol=2 / 255) and not torch.allclose(
+            grey, centre[0].flip(-1), atol=2 / 255
+        )
+    assert 15 <= erased <= 45 and warped >= 50  # erasing p = 0.5; nearly every view rotated or scaled
+    with pytest.raises(ValueError, match="augment must be one of crop, strong"):
+        PairedTransform(image_size=40, load_size=48, train=True, strength="heavy")

@@ -176,4 +176,6 @@ def test_balance_option_reaches_the_sampler_and_rejects_bad_values(ckplus48, tmp
     assert "--balance must be between 0" in capsys.readouterr().err
     assert main([*args, "--balance", "1"]) == 0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["balance"] == 1.0
+    assert saved["balance"] == 1.0 and saved["augment"] == "crop"
+    assert main([*args, "--augment", "strong", "--out", str(tmp_path / "strong")]) == 0
+    assert json.loads((tmp_path / "strong" / "config.json").read_text())["augment"] == "strong"

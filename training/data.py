@@ -83,8 +83,11 @@ def _balanced_subset(split: SampleSet, limit: int) -> list:
     return out[:limit]
 
 
-def make_dataset(split: SampleSet, profile: Profile, masks: list[np.ndarray] | None, train: bool) -> FaceDataset:
-    return FaceDataset(split, PairedTransform(profile.image_size, profile.load_size, train=train), masks)
+def make_dataset(
+    split: SampleSet, profile: Profile, masks: list[np.ndarray] | None, train: bool, augment: str = "crop"
+) -> FaceDataset:
+    transform = PairedTransform(profile.image_size, profile.load_size, train=train, strength=augment)
+    return FaceDataset(split, transform, masks)
 
 
 class BalancedSampler(Sampler[int]):

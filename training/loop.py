@@ -58,7 +58,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     needs_masks = cfg.stage == 1 or profile.prior
     if needs_masks and splits.masks is None:
         raise ValueError("this stage needs class masks: pass --masks (a folder of <class>.png)")
-    train_set = make_dataset(splits.train, profile, splits.masks if needs_masks else None, train=True)
+    train_set = make_dataset(splits.train, profile, splits.masks if needs_masks else None, True, cfg.augment)
     eval_set = make_dataset(splits.eval, profile, None, train=False) if splits.eval else None
     sampler: BalancedSampler | DistributedSampler | None = None  # None: plain shuffling
     if cfg.balance:

@@ -3,6 +3,10 @@
 Resize the shorter side to ``load_size``, then take one of the five ``image_size`` crops (train with
 augmentation: a random one; otherwise the centre) and flip with p = 0.5 (train only). The same crop
 and flip go to the image and its class mask, as the original's shared ``lucky_dict``.
+
+``augment="strong"`` adds what the original lacks and FER2013 needs (a ResNet-18 fits its training set
+to ~90 % within 25 epochs while validation stalls at ~63 %): a random rotation, scale and shift shared
+by image and mask, then random erasing of one patch of the image only (the mask target is unchanged).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision.transforms.v2 import functional as F
 
 CENTRE = 4  # five_crop order: top-left, top-right, bottom-left, bottom-right, centre
 
@@ -45,14 +50,24 @@ def to_tensor(image: Image.Image | np.ndarray) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+AUGMENTS = ("crop", "strong")  # crop: the original's five-crop + flip; strong: + affine + erasing
+ROTATE, SCALE, SHIFT = 10.0, (0.9, 1.1), 0.06  # degrees, factor range, fraction of the side
+ERASE_P, ERASE_AREA = 0.5, (0.02, 0.12)  # probability, fraction of the image
+
+
 class PairedTransform:
     """Image (+ its class mask) -> cropped tensors; one random crop/flip decision for both."""
 
-    def __init__(self, image_size: int, load_size: int, train: bool, augment: bool = True) -> None:
+    def __init__(
+        self, image_size: int, load_size: int, train: bool, augment: bool = True, strength: str = "crop"
+    ) -> None:
         if load_size < image_size:
             raise ValueError(f"load_size {load_size} must be >= image_size {image_size}")
+        if strength not in AUGMENTS:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {strength!r}")
         self.image_size, self.load_size = image_size, load_size
         self.random = train and augment
+        self.strong = self.random and strength == "strong"
         self._masks: dict[tuple[int, int, int], Tensor] = {}  # (id(mask), h, w) -> resized mask
 
     def __call__(self, image: Image.Image, mask: np.ndarray | None = None) -> tuple[Tensor, Tensor | None]:
@@ -72,7 +87,38 @@ class PairedTransform:
         if flip:
             img = img.flip(-1)
             mask = mask.flip(-1) if mask is not None else None
+        if self.strong:
+            img, mask = self._affine(img, mask)
+            img = erase(img)
         return img, mask
+
+    def _affine(self, img: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One random rotation/scale/shift for both; corners filled with 0 (the image's and mask's black)."""
+        u = torch.rand(4)
+        angle = float(ROTATE * (2 * u[0] - 1))
+        scale = float(SCALE[0] + (SCALE[1] - SCALE[0]) * u[1])
+        limit = SHIFT * self.image_size
+        shift = [int(round(limit * (2 * float(u[2]) - 1))), int(round(limit * (2 * float(u[3]) - 1)))]
+        args = dict(angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0])
+        both = img if mask is None else torch.cat([img, mask])  # one warp for both: the same geometry
+        both = F.affine(both, **args, interpolation=F.InterpolationMode.BILINEAR)
+        return (both, None) if mask is None else (both[:3], both[3:])
+
+
+def erase(img: Tensor) -> Tensor:
+    """With probability ERASE_P, one rectangle (aspect 1/3..3) of ERASE_AREA of the image set to 0."""
+    if float(torch.rand(())) >= ERASE_P:
+        return img
+    _, h, w = img.shape
+    u = torch.rand(4)
+    area = h * w * float(ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * u[0])
+    aspect = float(torch.exp((2 * u[1] - 1) * torch.log(torch.tensor(3.0))))
+    eh = max(1, min(h, int(round((area * aspect) ** 0.5))))
+    ew = max(1, min(w, int(round((area / aspect) ** 0.5))))
+    top, left = int(u[2] * (h - eh + 1)), int(u[3] * (w - ew + 1))
+    img = img.clone()
+    img[:, top : top + eh, left : left + ew] = 0.0
+    return img
 
 
 def mask_tensor(mask: np.ndarray, height: int, width: int) -> Tensor:
