@@ -4,9 +4,10 @@ Resize the shorter side to ``load_size``, then take one of the five ``image_size
 augmentation: a random one; otherwise the centre) and flip with p = 0.5 (train only). The same crop
 and flip go to the image and its class mask, as the original's shared ``lucky_dict``.
 
-``augment="strong"`` adds what the original lacks and FER2013 needs (a ResNet-18 fits its training set
-to ~90 % within 25 epochs while validation stalls at ~63 %): a random rotation, scale and shift shared
-by image and mask, then random erasing of one patch of the image only (the mask target is unchanged).
+``augment="strong"`` adds what the original lacks and FER2013 needs (with the original's, the ``cpu``
+profile's training cross-entropy falls to 0.3 within 25 epochs while validation stalls at ~63 %): a random
+rotation, scale and shift shared by image and mask, then random erasing of one patch of the image only
+(the mask target is unchanged).
 """
 
 from __future__ import annotations
