@@ -12,6 +12,8 @@ rotation, scale and shift shared by image and mask, then random erasing of one p
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from PIL import Image
@@ -113,7 +115,7 @@ def erase(img: Tensor) -> Tensor:
     _, h, w = img.shape
     u = torch.rand(4)
     area = h * w * float(ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * u[0])
-    aspect = float(torch.exp((2 * u[1] - 1) * torch.log(torch.tensor(3.0))))
+    aspect = math.exp((2 * float(u[1]) - 1) * math.log(3.0))
     eh = max(1, min(h, int(round((area * aspect) ** 0.5))))
     ew = max(1, min(w, int(round((area / aspect) ** 0.5))))
     top, left = int(u[2] * (h - eh + 1)), int(u[3] * (w - ew + 1))
