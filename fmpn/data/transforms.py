@@ -12,13 +12,11 @@ rotation, scale and shift shared by image and mask, then random erasing of one p
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms.v2 import functional as F
+from torchvision.transforms import v2
 
 CENTRE = 4  # five_crop order: top-left, top-right, bottom-left, bottom-right, centre
 
@@ -54,8 +52,11 @@ def to_tensor(image: Image.Image | np.ndarray) -> Tensor:
 
 
 AUGMENTS = ("crop", "strong")  # crop: the original's five-crop + flip; strong: + affine + erasing
-ROTATE, SCALE, SHIFT = 10.0, (0.9, 1.1), 0.06  # degrees, factor range, fraction of the side
-ERASE_P, ERASE_AREA = 0.5, (0.02, 0.12)  # probability, fraction of the image
+# Corners and the erased patch are filled with 0, the image's and mask's black.
+STRONG_AFFINE = v2.RandomAffine(
+    degrees=10.0, translate=(0.06, 0.06), scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR
+)
+STRONG_ERASE = v2.RandomErasing(p=0.5, scale=(0.02, 0.12), ratio=(1 / 3, 3.0), value=0.0)
 
 
 class PairedTransform:
@@ -90,38 +91,11 @@ class PairedTransform:
         if flip:
             img = img.flip(-1)
             mask = mask.flip(-1) if mask is not None else None
-        if self.strong:
-            img, mask = self._affine(img, mask)
-            img = erase(img)
+        if self.strong:  # one warp of image and mask stacked: the same geometry for both
+            both = STRONG_AFFINE(img if mask is None else torch.cat([img, mask]))
+            img, mask = (both, None) if mask is None else (both[:3], both[3:])
+            img = STRONG_ERASE(img)
         return img, mask
-
-    def _affine(self, img: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """One random rotation/scale/shift for both; corners filled with 0 (the image's and mask's black)."""
-        u = torch.rand(4)
-        angle = float(ROTATE * (2 * u[0] - 1))
-        scale = float(SCALE[0] + (SCALE[1] - SCALE[0]) * u[1])
-        limit = SHIFT * self.image_size
-        shift = [int(round(limit * (2 * float(u[2]) - 1))), int(round(limit * (2 * float(u[3]) - 1)))]
-        args = dict(angle=angle, translate=shift, scale=scale, shear=[0.0, 0.0])
-        both = img if mask is None else torch.cat([img, mask])  # one warp for both: the same geometry
-        both = F.affine(both, **args, interpolation=F.InterpolationMode.BILINEAR)
-        return (both, None) if mask is None else (both[:3], both[3:])
-
-
-def erase(img: Tensor) -> Tensor:
-    """With probability ERASE_P, one rectangle (aspect 1/3..3) of ERASE_AREA of the image set to 0."""
-    if float(torch.rand(())) >= ERASE_P:
-        return img
-    _, h, w = img.shape
-    u = torch.rand(4)
-    area = h * w * float(ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * u[0])
-    aspect = math.exp((2 * float(u[1]) - 1) * math.log(3.0))
-    eh = max(1, min(h, int(round((area * aspect) ** 0.5))))
-    ew = max(1, min(w, int(round((area / aspect) ** 0.5))))
-    top, left = int(u[2] * (h - eh + 1)), int(u[3] * (w - ew + 1))
-    img = img.clone()
-    img[:, top : top + eh, left : left + ew] = 0.0
-    return img
 
 
 def mask_tensor(mask: np.ndarray, height: int, width: int) -> Tensor:
