@@ -28,7 +28,6 @@ from fmpn.inference import DecodedImage, ImageDecodeError, ImagePrediction, Pred
 log = logging.getLogger("app")
 
 
-
 def build_predictor(s: Settings) -> Predictor:
     """The in-process pipeline configured from the service settings (the service and ``fmpn predict``)."""
     return Predictor(
@@ -42,6 +41,7 @@ def build_predictor(s: Settings) -> Predictor:
         model_batch=s.model_batch,
         flip_average=s.flip_average,
     )
+
 
 class Service:
     def __init__(self, settings: Settings, metrics: Metrics, predictor: Predictor | None = None) -> None:

@@ -47,6 +47,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         help="class-balanced sampling: 0 natural frequencies (default), 1 every class equally often, 0.5 between",
     )
     p.add_argument(
+        "--logit-adjust",
+        type=float,
+        default=0.0,
+        metavar="TAU",
+        help="logit-adjusted loss for skewed classes: CE on logits + TAU * log(training class frequency); "
+        "1 aims the plain argmax at the mean per-class recall, 0 plain CE (default)",
+    )
+    p.add_argument(
         "--augment",
         choices=["crop", "strong"],
         default="crop",
@@ -124,6 +132,7 @@ def _configs(args: argparse.Namespace, stage: int):
         max_steps=args.max_steps,
         stop_after=args.stop_after,
         balance=args.balance,
+        logit_adjust=args.logit_adjust,
         augment=args.augment,
         progress=not args.no_progress,
     )

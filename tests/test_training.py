@@ -179,3 +179,33 @@ def test_balance_option_reaches_the_sampler_and_rejects_bad_values(ckplus48, tmp
     assert saved["balance"] == 1.0 and saved["augment"] == "crop"
     assert main([*args, "--augment", "strong", "--out", str(tmp_path / "strong")]) == 0
     assert json.loads((tmp_path / "strong" / "config.json").read_text())["augment"] == "strong"
+    assert main([*args, "--logit-adjust", "-1", "--out", str(tmp_path / "la-bad")]) == 2
+    assert "--logit-adjust must be between 0" in capsys.readouterr().err
+    assert main([*args, "--logit-adjust", "1", "--out", str(tmp_path / "la")]) == 0
+    assert json.loads((tmp_path / "la" / "config.json").read_text())["logit_adjust"] == 1.0
+
+
+def test_logit_adjusted_loss_charges_more_for_missing_a_rare_class(ckplus48) -> None:
+    from fmpn.data import ckplus48_samples
+    from fmpn.profiles import get_profile
+    from training.loop import class_log_prior, compute_losses
+
+    split = ckplus48_samples(ckplus48, 0, "train")
+    assert class_log_prior(split.samples, len(split.classes), 0.0, torch.device("cpu")) is None
+    prior = class_log_prior(split.samples, len(split.classes), 1.0, torch.device("cpu"))
+    counts = torch.bincount(torch.tensor([s.label for s in split.samples]), minlength=len(split.classes))
+    rare, common = int(counts.argmin()), int(counts.argmax())
+    assert split.classes[rare] == "contempt" and torch.isclose(prior.exp().sum(), torch.tensor(1.0))
+    assert prior[rare] < prior[common]
+
+    # Equal logits: plain CE is log(7) for every label; adjusted, a rare label costs more, a common one less.
+    profile = get_profile("cpu").replace(prior=False)
+    logits = torch.zeros(2, len(split.classes))
+    labels = torch.tensor([rare, common])
+
+    def ce(i: int, log_prior: torch.Tensor | None) -> torch.Tensor:
+        return compute_losses(logits[i : i + 1], None, labels[i : i + 1], None, profile, 2, log_prior)["ce"]
+
+    plain, adjusted = [ce(i, None) for i in (0, 1)], [ce(i, prior) for i in (0, 1)]
+    assert torch.isclose(plain[0], plain[1])
+    assert adjusted[0] > plain[0] > adjusted[1]

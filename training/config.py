@@ -46,6 +46,7 @@ class TrainConfig:
     init: str | None = None  # checkpoint to start from (stage 1 output, or a pretrained model)
     init_parts: list[str] = field(default_factory=lambda: ["generator"])
     balance: float = 0.0  # class-balanced sampling: 0 natural frequencies .. 1 every class equally often
+    logit_adjust: float = 0.0  # CE on logits + tau * log(class frequency) (Menon et al. 2021); 0 plain CE
     augment: str = "crop"  # "crop": the original five-crop + flip; "strong": + rotation/scale/shift + erasing
     select: str = "last"  # "last" (the paper: final epoch) or "val" (best validation accuracy)
     seed: int = 0

@@ -66,6 +66,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         sampler = BalancedSampler(labels, cfg.balance, cfg.seed, info.rank, info.world_size)
     elif info.enabled:
         sampler = DistributedSampler(train_set, seed=cfg.seed)
+    log_prior = class_log_prior(splits.train.samples, len(splits.classes), cfg.logit_adjust, device)
     loader = DataLoader(
         train_set,
         batch_size=schedule.batch_size,
@@ -138,7 +139,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                     logits = None
                 else:
                     logits, mask = step_net(rgb)
-            losses = compute_losses(logits, mask, labels, target, profile, cfg.stage)
+            losses = compute_losses(logits, mask, labels, target, profile, cfg.stage, log_prior)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
@@ -189,14 +190,35 @@ def train(cfg: TrainConfig) -> TrainResult:
     return TrainResult(final, model, history)
 
 
-def compute_losses(logits, mask, labels, target, profile: Profile, stage: int) -> dict[str, torch.Tensor]:
-    """Stage 1: MSE. Stage 2: lambda_cls * CE + lambda_mask * MSE (MSE in fp32, as advised for AMP)."""
+def compute_losses(
+    logits, mask, labels, target, profile: Profile, stage: int, log_prior: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Stage 1: MSE. Stage 2: lambda_cls * CE + lambda_mask * MSE (MSE in fp32, as advised for AMP).
+
+    ``log_prior`` (tau * log class frequency) is added to the logits in the loss only: the network then
+    has to beat a rare class's prior by a wider margin, so its plain argmax stops favouring common classes.
+    """
     zero = torch.zeros((), device=labels.device)
     mse = F.mse_loss(mask.float(), target.float()) if mask is not None and target is not None else zero
     if stage == 1:
         return {"loss": mse, "ce": zero, "mse": mse}
-    ce = F.cross_entropy(logits.float(), labels)
+    adjusted = logits.float() if log_prior is None else logits.float() + log_prior
+    ce = F.cross_entropy(adjusted, labels)
     return {"loss": profile.lambda_cls * ce + profile.lambda_mask * mse, "ce": ce, "mse": mse}
+
+
+def class_log_prior(samples: list, num_classes: int, tau: float, device: torch.device) -> torch.Tensor | None:
+    """tau * log of the training set's class frequencies for the logit-adjusted loss; None when tau is 0.
+
+    A class with no training image counts as one, so its term stays finite.
+    """
+    if not 0.0 <= tau <= 2.0:
+        raise ValueError(f"--logit-adjust must be between 0 (plain CE) and 2 (1 targets per-class recall), got {tau}")
+    if tau == 0.0:
+        return None
+    counts = torch.bincount(torch.tensor([s.label for s in samples], dtype=torch.long), minlength=num_classes)
+    freq = counts.clamp_min(1).double() / counts.clamp_min(1).sum()
+    return (tau * freq.log()).float().to(device)
 
 
 def make_optimizer(model: FMPN, schedule: Schedule, stage: int) -> torch.optim.Optimizer:

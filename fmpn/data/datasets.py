@@ -116,8 +116,12 @@ def ckplus48_samples(root: str | Path, fold: int, split: str, check: bool = True
 
 
 def fmpn_samples(
-    data_root: str | Path, split_csv: str, dataset: str = "ckplus", images: str | Path | None = None,
-    labels: str | Path | None = None, check: bool = True,
+    data_root: str | Path,
+    split_csv: str,
+    dataset: str = "ckplus",
+    images: str | Path | None = None,
+    labels: str | Path | None = None,
+    check: bool = True,
 ) -> SampleSet:
     """The original layout: ``data_root/imgs/<name>``, a split CSV of names, a label file.
 
