@@ -52,7 +52,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         default=0.0,
         metavar="TAU",
         help="logit-adjusted loss for skewed classes: CE on logits + TAU * log(training class frequency); "
-        "1 aims the plain argmax at the mean per-class recall, 0 plain CE (default)",
+        "0 to 2: 1 aims the plain argmax at the mean per-class recall, 0 plain CE (default)",
     )
     p.add_argument(
         "--augment",

@@ -181,6 +181,8 @@ def test_balance_option_reaches_the_sampler_and_rejects_bad_values(ckplus48, tmp
     assert json.loads((tmp_path / "strong" / "config.json").read_text())["augment"] == "strong"
     assert main([*args, "--logit-adjust", "-1", "--out", str(tmp_path / "la-bad")]) == 2
     assert "--logit-adjust must be between 0" in capsys.readouterr().err
+    assert main([*args, "--logit-adjust", "1", "--balance", "1", "--out", str(tmp_path / "la-both")]) == 2
+    assert "--balance or --logit-adjust, not both" in capsys.readouterr().err
     assert main([*args, "--logit-adjust", "1", "--out", str(tmp_path / "la")]) == 0
     assert json.loads((tmp_path / "la" / "config.json").read_text())["logit_adjust"] == 1.0
 

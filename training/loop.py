@@ -66,6 +66,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         sampler = BalancedSampler(labels, cfg.balance, cfg.seed, info.rank, info.world_size)
     elif info.enabled:
         sampler = DistributedSampler(train_set, seed=cfg.seed)
+    if cfg.balance and cfg.logit_adjust:
+        raise ValueError("use --balance or --logit-adjust, not both: each corrects the same class skew")
     log_prior = class_log_prior(splits.train.samples, len(splits.classes), cfg.logit_adjust, device)
     loader = DataLoader(
         train_set,
@@ -197,6 +199,7 @@ def compute_losses(
 
     ``log_prior`` (tau * log class frequency) is added to the logits in the loss only: the network then
     has to beat a rare class's prior by a wider margin, so its plain argmax stops favouring common classes.
+    The logged ``ce`` is then the adjusted one.
     """
     zero = torch.zeros((), device=labels.device)
     mse = F.mse_loss(mask.float(), target.float()) if mask is not None and target is not None else zero
