@@ -53,6 +53,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     amp = device.type == "cuda" if cfg.amp is None else cfg.amp
     seed_everything(cfg.seed + info.rank)
 
+    if cfg.balance and cfg.logit_adjust:
+        raise ValueError("use --balance or --logit-adjust, not both: each corrects the same class skew")
+
     # Data: the class masks are the FMG's targets, so both stages need them unless the prior is off.
     splits = load_splits(cfg.data)
     needs_masks = cfg.stage == 1 or profile.prior
@@ -66,8 +69,6 @@ def train(cfg: TrainConfig) -> TrainResult:
         sampler = BalancedSampler(labels, cfg.balance, cfg.seed, info.rank, info.world_size)
     elif info.enabled:
         sampler = DistributedSampler(train_set, seed=cfg.seed)
-    if cfg.balance and cfg.logit_adjust:
-        raise ValueError("use --balance or --logit-adjust, not both: each corrects the same class skew")
     log_prior = class_log_prior(splits.train.samples, len(splits.classes), cfg.logit_adjust, device)
     loader = DataLoader(
         train_set,
@@ -219,9 +220,9 @@ def class_log_prior(samples: list, num_classes: int, tau: float, device: torch.d
         raise ValueError(f"--logit-adjust must be between 0 (plain CE) and 2 (1 targets per-class recall), got {tau}")
     if tau == 0.0:
         return None
-    counts = torch.bincount(torch.tensor([s.label for s in samples], dtype=torch.long), minlength=num_classes)
-    freq = counts.clamp_min(1).double() / counts.clamp_min(1).sum()
-    return (tau * freq.log()).float().to(device)
+    labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+    counts = torch.bincount(labels, minlength=num_classes).clamp_min(1).double()
+    return (tau * (counts / counts.sum()).log()).float().to(device)
 
 
 def make_optimizer(model: FMPN, schedule: Schedule, stage: int) -> torch.optim.Optimizer:
