@@ -8,14 +8,17 @@
 #   echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu/fmpn-original/datasets/CKPlus
 #   cp -r ../shared/data/ckplus48 .gpu/; cp -r ../shared/data/fmpn-original/datasets/CKPlus/imgs_res .gpu/fmpn-original/datasets/CKPlus/
 # Run on the device machine (its python3 has torch, torchvision, cv2, safetensors, tqdm, tensorboard):
-#   run(command="DATA=.gpu OUT=$OUT scripts/gpu_ckplus.sh", carry=[".gpu"], timeout_s=540)
+#   run(command="DATA=.gpu RUNS=/tmp/g scripts/gpu_ckplus.sh", carry=[".gpu"], timeout_s=590)
+# Checkpoints stay in RUNS (a paper-profile one is far over what a device call brings back); the logs, GPU
+# utilisation and results.tgz (each fold's result.json and history.json) land in OUT ($OUT there).
 # Every finished fold leaves result.json, so a run cut short by BUDGET still prints its table.
 # Smoke test on the CPU: DATA=../shared/data OUT=/tmp/g FOLDS_A=0 FOLDS_B=1 FOLDS_ABLATION=0 EXTRA="--max-steps 1 --device cpu" S1="1 0" S2="1 0" scripts/gpu_ckplus.sh
 set -uo pipefail
 
 DATA=${DATA:-../shared/data}
 OUT=${OUT:-runs/gpu-ckplus}
-BUDGET=${BUDGET:-450}                  # seconds for all runs together
+RUNS=${RUNS:-$OUT}
+BUDGET=${BUDGET:-510}                  # seconds for all runs together
 S1=${S1:-"2 2"}                        # stage 1 (FMG alone): epochs at full lr, epochs of decay
 S2=${S2:-"4 4"}                        # stage 2 (joint) and the ablation
 FOLDS_A=${FOLDS_A:-0-4}
@@ -28,23 +31,34 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
 read -r s1n s1d <<<"$S1"
 read -r s2n s2d <<<"$S2"
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$RUNS"
+export PYTHONUNBUFFERED=1
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  nvidia-smi dmon -s um -d 15 >"$OUT/dmon.log" 2>&1 &
+  dmon=$!
+fi
 common=(cv --profile paper --layout ckplus48 --data "$DATA/ckplus48" --niter "$s2n" --niter-decay "$s2d" --no-progress)
 # shellcheck disable=SC2206
 extra=($EXTRA)
 
 date -u +"start %FT%TZ"
+pids=()
 for folds in "$FOLDS_A" "$FOLDS_B"; do
-  timeout "$BUDGET" "$PY" -m cli.main "${common[@]}" "${extra[@]}" --masks "$MASKS" --out "$OUT/fmpn" \
-    --stage1-niter "$s1n" --stage1-niter-decay "$s1d" --folds "$folds" >"$OUT/fmpn-$folds.log" 2>&1 &
+  timeout "$BUDGET" "$PY" -m cli.main "${common[@]}" "${extra[@]}" --masks "$MASKS" --out "$RUNS/fmpn" \
+    --stage1-niter "$s1n" --stage1-niter-decay "$s1d" --folds "$folds" >"$RUNS/fmpn-$folds.log" 2>&1 &
+  pids+=($!)
 done
-timeout "$BUDGET" "$PY" -m cli.main "${common[@]}" "${extra[@]}" --ablation --out "$OUT/ablation" --folds "$FOLDS_ABLATION" \
-  >"$OUT/ablation.log" 2>&1 &
-wait
+timeout "$BUDGET" "$PY" -m cli.main "${common[@]}" "${extra[@]}" --ablation --out "$RUNS/ablation" --folds "$FOLDS_ABLATION" \
+  >"$RUNS/ablation.log" 2>&1 &
+pids+=($!)
+wait "${pids[@]}"
+[ -n "${dmon:-}" ] && kill "$dmon"
 date -u +"end %FT%TZ"
 
 # The per-fold tables (training/cv.py's) of whatever folds finished, both FMPN halves in one table.
-"$PY" - "$OUT" <<'EOF'
+"$PY" - "$RUNS" <<'EOF'
 import json
 import sys
 from pathlib import Path
@@ -58,4 +72,8 @@ for name in ("fmpn", "ablation"):
     print(f"\n{name}: {len(results)} of 10 folds, {minutes:.1f} min of fold time")
     print(format_table(results) if results else "no fold finished")
 EOF
-tail -n 3 "$OUT"/*.log
+tail -n 3 "$RUNS"/*.log
+if [ "$RUNS" != "$OUT" ]; then
+  cp "$RUNS"/*.log "$OUT/"
+  (cd "$RUNS" && tar czf "$OUT/results.tgz" ./*/fold_*/result.json ./*/fold_*/*/history.json)
+fi
