@@ -95,6 +95,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("--stage1-niter-decay", type=int)
     cv.set_defaults(func=cmd_cv)
 
+    ens = sub.add_parser(
+        "cv-ensemble", help="per-fold table of several finished cv runs together (class probabilities averaged)"
+    )
+    ens.add_argument("runs", nargs="+", help="cv run folders (each with fold_<k>/stage2/model.safetensors)")
+    ens.add_argument("--folds", default="0-9", help="e.g. 0-9 or 0,3,5")
+    ens.add_argument("--device", default="cpu", help="cpu or cuda")
+    ens.set_defaults(func=cmd_cv_ensemble)
+
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -178,6 +186,15 @@ def cmd_cv(args: argparse.Namespace) -> int:
         stage1.stage, stage1.niter, stage1.niter_decay = 1, args.stage1_niter, args.stage1_niter_decay
         stage1.lr = None
     results = run_cv(stage1, stage2, parse_folds(args.folds), args.out)
+    print(format_table(results))
+    print(f"mean of folds: {mean_accuracy(results):.4f}")
+    return 0
+
+
+def cmd_cv_ensemble(args: argparse.Namespace) -> int:
+    from training.cv import ensemble_fold, format_table, mean_accuracy
+
+    results = [ensemble_fold(args.runs, fold, args.device) for fold in parse_folds(args.folds)]
     print(format_table(results))
     print(f"mean of folds: {mean_accuracy(results):.4f}")
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli.main import main
 from fmpn.checkpoint import load_checkpoint
 from fmpn.models import build_fmpn
 from fmpn.profiles import CPU
 from training.config import DataConfig, TrainConfig
-from training.cv import format_table, run_cv
+from training.cv import ensemble_fold, format_table, run_cv
 from training.loop import train
 from training.schedule import linear_decay
 
@@ -82,6 +84,24 @@ def test_cv_runs_folds_resumes_and_prints_the_table(data, tmp_path) -> None:
     before = (tmp_path / "cv" / "fold_0" / "result.json").stat().st_mtime_ns
     run_cv(None, stage2, [0, 9], tmp_path / "cv")
     assert (tmp_path / "cv" / "fold_0" / "result.json").stat().st_mtime_ns == before
+
+
+def test_cv_ensemble_of_finished_runs(data, tmp_path, capsys) -> None:
+    stage2 = config(data, tmp_path, stage=2, niter=1, max_steps=1, ablation=True)
+    cv = tmp_path / "cv"
+    results = run_cv(None, stage2, [0, 9], cv)
+    # A run ensembled with itself averages identical probabilities: each fold scores exactly its own test.
+    ensembled = [ensemble_fold([cv, cv], fold) for fold in (0, 9)]
+    assert [r["confusion"] for r in ensembled] == [r["confusion"] for r in results]
+    assert main(["cv-ensemble", str(cv), str(cv), "--folds", "0,9"]) == 0
+    assert "| fold | 0 | 9 | mean |" in capsys.readouterr().out
+    # A fold that never finished, and a "fold 9" that tested fold 0's images, are refused by name.
+    with pytest.raises(FileNotFoundError, match="fold 5 of"):
+        ensemble_fold([cv], 5)
+    assert main(["cv-ensemble", str(cv), "--folds", "5"]) == 2
+    shutil.copytree(cv / "fold_0", tmp_path / "mixed" / "fold_9")
+    with pytest.raises(ValueError, match="tested other images"):
+        ensemble_fold([cv, tmp_path / "mixed"], 9)
 
 
 def test_two_process_ddp_step_leaves_identical_weights(ckplus48, fmpn_original, tmp_path) -> None:

@@ -16,7 +16,7 @@ import torch
 from fmpn.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.data import load_splits, make_dataset
-from training.evaluate import evaluate
+from training.evaluate import evaluate, predict, score
 from training.loop import train
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,34 @@ def test_fold(checkpoint: Path, cfg: TrainConfig) -> dict:
     dataset = make_dataset(splits.eval, ckpt.profile, None, train=False)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
     return evaluate(model.to(device), dataset, device).to_dict()
+
+
+def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dict:
+    """One fold's test accuracy of several CV runs together: their final models' class probabilities averaged.
+
+    Each run is read back as it trained (its stage-2 config.json and model.safetensors), so runs of different
+    seeds, schedules or models (FMPN and the CN alone) combine, as long as they tested the same images.
+    """
+    total = labels = classes = None
+    for run in runs:
+        stage_dir = Path(run) / f"fold_{fold}" / "stage2"
+        weights = stage_dir / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found: fold {fold} of {run} has not finished")
+        cfg = TrainConfig.from_dict(json.loads((stage_dir / "config.json").read_text()))
+        ckpt = load_checkpoint(weights)
+        dataset = make_dataset(load_splits(cfg.data).eval, ckpt.profile, None, train=False)
+        dev = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
+        probs, y = predict(ckpt.build_model().to(dev), dataset, dev)
+        if labels is not None and (not torch.equal(y, labels) or list(dataset.classes) != classes):
+            raise ValueError(f"fold {fold} of {run} tested other images or classes than {runs[0]}: no ensemble")
+        total = probs if total is None else total + probs
+        labels, classes = y, list(dataset.classes)
+    if total is None:
+        raise ValueError("an ensemble needs at least one run")
+    result = score(total / len(runs), labels, classes).to_dict()
+    result.update(fold=fold)
+    return result
 
 
 def mean_accuracy(results: list[dict]) -> float:

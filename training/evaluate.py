@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 
 from fmpn.classes import map_classes
@@ -70,19 +71,45 @@ def evaluate(
     skipped_images: int = 0,
     flip_average: bool = False,
 ) -> EvalResult:
+    probs, labels = predict(model, dataset, device, batch_size, amp, flip_average)
+    return score(probs, labels, list(dataset.classes), skipped_classes, skipped_images)
+
+
+@torch.inference_mode()
+def predict(
+    model: FMPN,
+    dataset: FaceDataset,
+    device: torch.device,
+    batch_size: int = 128,
+    amp: bool = False,
+    flip_average: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Class probabilities (N, K, float32 on the CPU) and labels (N) in the dataset's order, so that several
+    models' probabilities on one dataset can be averaged (ensembles) before scoring."""
     model.eval()
-    k = len(dataset.classes)
-    confusion = torch.zeros(k, k, dtype=torch.long)
+    probs, labels = [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            probs, _ = class_probabilities(model, batch["image"].to(device), flip_average)
-        pred = probs.argmax(1).cpu()
-        confusion += torch.bincount(batch["label"] * k + pred, minlength=k * k).view(k, k)
+            p, _ = class_probabilities(model, batch["image"].to(device), flip_average)
+        probs.append(p.float().cpu())
+        labels.append(batch["label"])
+    return torch.cat(probs), torch.cat(labels)
+
+
+def score(
+    probs: Tensor,
+    labels: Tensor,
+    classes: list[str],
+    skipped_classes: list[str] | None = None,
+    skipped_images: int = 0,
+) -> EvalResult:
+    k = len(classes)
+    confusion = torch.bincount(labels * k + probs.argmax(1), minlength=k * k).view(k, k)
     n = int(confusion.sum())
     support = confusion.sum(1)
     recall = [None if support[i] == 0 else float(confusion[i, i] / support[i]) for i in range(k)]
     return EvalResult(
-        classes=list(dataset.classes),
+        classes=list(classes),
         n=n,
         accuracy=float(confusion.diag().sum() / max(n, 1)),
         per_class_recall=recall,
