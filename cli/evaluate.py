@@ -1,4 +1,7 @@
-"""``fmpn evaluate CHECKPOINT --data ...``: accuracy, per-class recall, confusion matrix."""
+"""``fmpn evaluate CHECKPOINT [CHECKPOINT ...] --data ...``: accuracy, per-class recall, confusion matrix.
+
+Several checkpoints are scored as an ensemble: their class probabilities averaged per face.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,8 @@ import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="evaluate a checkpoint on a dataset")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint (or an ensemble of several) on a dataset")
+    p.add_argument("checkpoints", nargs="+", metavar="checkpoint", help="several: their probabilities averaged")
     p.add_argument("--layout", choices=["folder", "ckplus48", "fmpn"], default="folder")
     p.add_argument("--data", required=True, help="dataset root (folder layout: root/<class>/<img>)")
     p.add_argument("--fold", type=int, help="test fold (ckplus48, fmpn)")
@@ -33,9 +36,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fmpn.checkpoint import load_checkpoint
     from fmpn.data import ckplus48_samples, fmpn_samples, folder_samples
     from training.data import make_dataset
-    from training.evaluate import evaluate, remap
+    from training.evaluate import predict, remap, score
 
-    ckpt = load_checkpoint(args.checkpoint)
+    ckpts = [load_checkpoint(path) for path in args.checkpoints]
+    for path, ckpt in zip(args.checkpoints[1:], ckpts[1:], strict=True):
+        if ckpt.classes != ckpts[0].classes:
+            first = args.checkpoints[0]
+            raise ValueError(f"{path} has classes {ckpt.classes}, {first} {ckpts[0].classes}: no ensemble")
     if args.layout == "folder":
         split = folder_samples(args.data)
     elif args.layout == "ckplus48":
@@ -43,19 +50,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         name = "_ids.csv" if args.dataset == "affectnet" else f"_ids_{_fold(args)}.csv"
         split = fmpn_samples(args.data, args.split + name, args.dataset, args.images)
-    split, skipped, dropped = remap(split, ckpt.classes)
+    split, skipped, dropped = remap(split, ckpts[0].classes)
     device = torch.device(args.device)
-    dataset = make_dataset(split, ckpt.profile, None, train=False)
-    flip = ckpt.flip_average if args.flip_average is None else args.flip_average
-    result = evaluate(
-        ckpt.build_model().to(device),
-        dataset,
-        device,
-        args.batch_size,
-        skipped_classes=skipped,
-        skipped_images=dropped,
-        flip_average=flip,
-    )
+    total = None
+    for ckpt in ckpts:  # each model reads the faces at its own profile's input size
+        dataset = make_dataset(split, ckpt.profile, None, train=False)
+        flip = ckpt.flip_average if args.flip_average is None else args.flip_average
+        probs, labels = predict(ckpt.build_model().to(device), dataset, device, args.batch_size, flip_average=flip)
+        total = probs if total is None else total + probs
+    result = score(total / len(ckpts), labels, list(split.classes), skipped, dropped)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0
 

@@ -151,6 +151,32 @@ def test_evaluate_cli_maps_classes_by_name_and_reports_skips(ckplus48, tmp_path,
     assert "--fold" in capsys.readouterr().err
 
 
+def _fixed_output(probs: list[float]) -> torch.nn.Module:
+    """A model that gives every face the same class probabilities: classifier weights 0, bias log(p)."""
+    model = build_fmpn(CPU, len(probs))
+    with torch.no_grad():
+        model.classifier.fc.weight.zero_()
+        model.classifier.fc.bias.copy_(torch.tensor(probs).clamp_min(1e-9).log())
+    return model
+
+
+def test_evaluate_cli_scores_an_ensemble_and_refuses_mismatched_classes(ckplus48, tmp_path, capsys) -> None:
+    # a says angry 0.6 / happy 0.4, b says disgust 0.6 / happy 0.4: alone they pick angry and disgust,
+    # averaged (happy 0.4 against 0.3 and 0.3) happy, which neither picks alone.
+    a = save_checkpoint(tmp_path / "a.safetensors", _fixed_output([0.6, 0, 0, 0.4, 0, 0, 0]), CPU, list(FER2013))
+    b = save_checkpoint(tmp_path / "b.safetensors", _fixed_output([0, 0.6, 0, 0.4, 0, 0, 0]), CPU, list(FER2013))
+    args = ["--layout", "ckplus48", "--data", str(ckplus48), "--fold", "9", "--json", "--no-flip-average"]
+    predicted = {}
+    for name, paths in {"a": [a], "b": [b], "ab": [a, b], "aa": [a, a]}.items():
+        assert fmpn_main(["evaluate", *map(str, paths), *args]) == 0
+        confusion = json.loads(capsys.readouterr().out)["confusion"]
+        predicted[name] = {col for row in confusion for col, count in enumerate(row) if count}
+    assert predicted == {"a": {0}, "b": {1}, "ab": {3}, "aa": {0}}
+    other = save_checkpoint(tmp_path / "c.safetensors", build_fmpn(CPU, 7), CPU, list(CKPLUS))
+    assert fmpn_main(["evaluate", str(a), str(other), *args]) == 2
+    assert "no ensemble" in capsys.readouterr().err
+
+
 def test_strong_augmentation_moves_image_and_mask_together_and_erases_the_image_only(ckplus48) -> None:
     split = ckplus48_samples(ckplus48, 0, "test", check=False)
     faces = [np.asarray(Image.open(s.path).convert("L")) for s in split.samples[:7]]

@@ -73,6 +73,7 @@ def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dic
     Each run is read back as it trained (its stage-2 config.json and model.safetensors), so runs of different
     seeds, schedules or models (FMPN and the CN alone) combine, as long as they tested the same images.
     """
+    dev = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
     total = labels = classes = None
     for run in runs:
         stage_dir = Path(run) / f"fold_{fold}" / "stage2"
@@ -82,7 +83,6 @@ def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dic
         cfg = TrainConfig.from_dict(json.loads((stage_dir / "config.json").read_text()))
         ckpt = load_checkpoint(weights)
         dataset = make_dataset(load_splits(cfg.data).eval, ckpt.profile, None, train=False)
-        dev = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
         probs, y = predict(ckpt.build_model().to(dev), dataset, dev)
         if labels is not None and (not torch.equal(y, labels) or list(dataset.classes) != classes):
             raise ValueError(f"fold {fold} of {run} tested other images or classes than {runs[0]}: no ensemble")
