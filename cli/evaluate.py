@@ -35,8 +35,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     from fmpn.checkpoint import load_checkpoint
     from fmpn.data import ckplus48_samples, fmpn_samples, folder_samples
-    from training.data import make_dataset
-    from training.evaluate import predict, remap, score
+    from training.evaluate import ensemble_probabilities, remap, score
 
     ckpts = [load_checkpoint(path) for path in args.checkpoints]
     for path, ckpt in zip(args.checkpoints[1:], ckpts[1:], strict=True):
@@ -52,13 +51,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = fmpn_samples(args.data, args.split + name, args.dataset, args.images)
     split, skipped, dropped = remap(split, ckpts[0].classes)
     device = torch.device(args.device)
-    total = None
-    for ckpt in ckpts:  # each model reads the faces at its own profile's input size
-        dataset = make_dataset(split, ckpt.profile, None, train=False)
-        flip = ckpt.flip_average if args.flip_average is None else args.flip_average
-        probs, labels = predict(ckpt.build_model().to(device), dataset, device, args.batch_size, flip_average=flip)
-        total = probs if total is None else total + probs
-    result = score(total / len(ckpts), labels, list(split.classes), skipped, dropped)
+    probs, labels = ensemble_probabilities(ckpts, split, device, args.batch_size, args.flip_average)
+    result = score(probs, labels, list(split.classes), skipped, dropped)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0
 

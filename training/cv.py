@@ -16,7 +16,7 @@ import torch
 from fmpn.checkpoint import load_checkpoint
 from training.config import TrainConfig
 from training.data import load_splits, make_dataset
-from training.evaluate import evaluate, predict, score
+from training.evaluate import ensemble_probabilities, evaluate, score
 from training.loop import train
 
 log = logging.getLogger(__name__)
@@ -73,24 +73,23 @@ def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dic
     Each run is read back as it trained (its stage-2 config.json and model.safetensors), so runs of different
     seeds, schedules or models (FMPN and the CN alone) combine, as long as they tested the same images.
     """
-    dev = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
-    total = labels = classes = None
+    checkpoints, split = [], None
     for run in runs:
         stage_dir = Path(run) / f"fold_{fold}" / "stage2"
         weights = stage_dir / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} not found: fold {fold} of {run} has not finished")
         cfg = TrainConfig.from_dict(json.loads((stage_dir / "config.json").read_text()))
-        ckpt = load_checkpoint(weights)
-        dataset = make_dataset(load_splits(cfg.data).eval, ckpt.profile, None, train=False)
-        probs, y = predict(ckpt.build_model().to(dev), dataset, dev)
-        if labels is not None and (not torch.equal(y, labels) or list(dataset.classes) != classes):
+        run_split = load_splits(cfg.data).eval
+        if split is not None and (run_split.samples != split.samples or run_split.classes != split.classes):
             raise ValueError(f"fold {fold} of {run} tested other images or classes than {runs[0]}: no ensemble")
-        total = probs if total is None else total + probs
-        labels, classes = y, list(dataset.classes)
-    if total is None:
+        split = split or run_split
+        checkpoints.append(load_checkpoint(weights))
+    if split is None:
         raise ValueError("an ensemble needs at least one run")
-    result = score(total / len(runs), labels, classes).to_dict()
+    dev = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
+    probs, labels = ensemble_probabilities(checkpoints, split, dev, flip_average=False)
+    result = score(probs, labels, list(split.classes)).to_dict()
     result.update(fold=fold)
     return result
 

@@ -8,9 +8,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from fmpn.checkpoint import Checkpoint
 from fmpn.classes import map_classes
 from fmpn.data import FaceDataset, Sample, SampleSet
 from fmpn.models import FMPN, class_probabilities
+from training.data import make_dataset
 
 
 @dataclass
@@ -60,7 +62,6 @@ def remap(split: SampleSet, model_classes: list[str]) -> tuple[SampleSet, list[s
     return SampleSet(kept, list(model_classes), skipped, split.unreadable), skipped, dropped
 
 
-@torch.inference_mode()
 def evaluate(
     model: FMPN,
     dataset: FaceDataset,
@@ -94,6 +95,26 @@ def predict(
         probs.append(p.float().cpu())
         labels.append(batch["label"])
     return torch.cat(probs), torch.cat(labels)
+
+
+def ensemble_probabilities(
+    checkpoints: list[Checkpoint],
+    split: SampleSet,
+    device: torch.device,
+    batch_size: int = 128,
+    flip_average: bool | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Several models' class probabilities on ``split``, averaged; each reads the faces at its own profile's size.
+    ``flip_average`` None: as each checkpoint says (like the service)."""
+    total = labels = None
+    for ckpt in checkpoints:
+        dataset = make_dataset(split, ckpt.profile, None, train=False)
+        flip = ckpt.flip_average if flip_average is None else flip_average
+        probs, labels = predict(ckpt.build_model().to(device), dataset, device, batch_size, flip_average=flip)
+        total = probs if total is None else total + probs
+    if total is None:
+        raise ValueError("an ensemble needs at least one model")
+    return total / len(checkpoints), labels
 
 
 def score(
