@@ -173,7 +173,7 @@ def parse_folds(text: str) -> list[int]:
 def cmd_cv(args: argparse.Namespace) -> int:
     import copy
 
-    from training.cv import format_table, mean_accuracy, run_cv
+    from training.cv import run_cv
 
     _configure_logging()
     stage2 = _configs(args, 2)
@@ -186,15 +186,22 @@ def cmd_cv(args: argparse.Namespace) -> int:
         stage1.stage, stage1.niter, stage1.niter_decay = 1, args.stage1_niter, args.stage1_niter_decay
         stage1.lr = None
     results = run_cv(stage1, stage2, parse_folds(args.folds), args.out)
-    print(format_table(results))
-    print(f"mean of folds: {mean_accuracy(results):.4f}")
+    _print_table(results)
     return 0
 
 
-def cmd_cv_ensemble(args: argparse.Namespace) -> int:
-    from training.cv import ensemble_fold, format_table, mean_accuracy
+def _print_table(results: list[dict]) -> None:
+    from training.cv import format_table, mean_accuracy
 
-    results = [ensemble_fold(args.runs, fold, args.device) for fold in parse_folds(args.folds)]
     print(format_table(results))
     print(f"mean of folds: {mean_accuracy(results):.4f}")
+    if results and all("mirrored" in r for r in results):
+        print(f"mean of folds, mirrored (faces and mirror images averaged): {mean_accuracy(results, 'mirrored'):.4f}")
+
+
+def cmd_cv_ensemble(args: argparse.Namespace) -> int:
+    from training.cv import ensemble_fold
+
+    results = [ensemble_fold(args.runs, fold, args.device) for fold in parse_folds(args.folds)]
+    _print_table(results)
     return 0

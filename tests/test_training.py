@@ -80,6 +80,18 @@ def test_cv_runs_folds_resumes_and_prints_the_table(data, tmp_path) -> None:
     assert results[0]["n"] == 78 and results[1]["n"] == 111  # the original fold sizes
     table = format_table(results)
     assert "| fold | 0 | 9 | mean |" in table
+    # Each fold is also tested mirrored (a face and its mirror image averaged): its own row and mean.
+    for r in results:
+        mirrored = r["mirrored"]
+        assert sum(map(sum, mirrored["confusion"])) == r["n"]
+        correct = sum(row[i] for i, row in enumerate(mirrored["confusion"]))
+        assert mirrored["accuracy"] == pytest.approx(correct / r["n"])
+    mean_mirrored = (results[0]["mirrored"]["accuracy"] + results[1]["mirrored"]["accuracy"]) / 2
+    assert f"| mirrored | {results[0]['mirrored']['accuracy']:.3f} |" in table and f"**{mean_mirrored:.4f}**" in table
+    summary = json.loads((tmp_path / "cv" / "results.json").read_text())
+    assert summary["mean_accuracy_mirrored"] == pytest.approx(mean_mirrored)
+    # Folds tested before the mirrored figure existed have none: the table then shows the one-view rows only.
+    assert "mirrored" not in format_table([{k: v for k, v in r.items() if k != "mirrored"} for r in results])
     # A second call finds both folds done and trains nothing.
     before = (tmp_path / "cv" / "fold_0" / "result.json").stat().st_mtime_ns
     run_cv(None, stage2, [0, 9], tmp_path / "cv")
@@ -93,8 +105,10 @@ def test_cv_ensemble_of_finished_runs(data, tmp_path, capsys) -> None:
     # A run ensembled with itself averages identical probabilities: each fold scores exactly its own test.
     ensembled = [ensemble_fold([cv, cv], fold) for fold in (0, 9)]
     assert [r["confusion"] for r in ensembled] == [r["confusion"] for r in results]
+    assert [r["mirrored"] for r in ensembled] == [r["mirrored"] for r in results]
     assert main(["cv-ensemble", str(cv), str(cv), "--folds", "0,9"]) == 0
-    assert "| fold | 0 | 9 | mean |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| fold | 0 | 9 | mean |" in printed and "| mirrored |" in printed and "mean of folds, mirrored" in printed
     # A fold that never finished, and a "fold 9" that tested fold 0's images, are refused by name.
     with pytest.raises(FileNotFoundError, match="fold 5 of"):
         ensemble_fold([cv], 5)

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from fmpn.checkpoint import load_checkpoint
+from fmpn.checkpoint import Checkpoint, load_checkpoint
+from fmpn.data import SampleSet
 from training.config import TrainConfig
-from training.data import load_splits, make_dataset
-from training.evaluate import ensemble_probabilities, evaluate, score
+from training.data import load_splits
+from training.evaluate import ensemble_probabilities, score
 from training.loop import train
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
         log.info("fold %d: accuracy %.4f (%d images)", fold, result["accuracy"], result["n"])
         results.append(result)
     summary = {"folds": results, "mean_accuracy": mean_accuracy(results)}
+    if all("mirrored" in r for r in results):
+        summary["mean_accuracy_mirrored"] = mean_accuracy(results, "mirrored")
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     (out / "table.md").write_text(format_table(results) + "\n")
     return results
@@ -59,12 +62,8 @@ def _for_fold(cfg: TrainConfig, fold: int, out: Path) -> TrainConfig:
 
 
 def test_fold(checkpoint: Path, cfg: TrainConfig) -> dict:
-    ckpt = load_checkpoint(checkpoint)
-    model = ckpt.build_model()
-    splits = load_splits(cfg.data)
-    dataset = make_dataset(splits.eval, ckpt.profile, None, train=False)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    return evaluate(model.to(device), dataset, device).to_dict()
+    return score_views([load_checkpoint(checkpoint)], load_splits(cfg.data).eval, device)
 
 
 def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dict:
@@ -88,22 +87,38 @@ def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dic
     if split is None:
         raise ValueError("an ensemble needs at least one run")
     dev = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
-    probs, labels = ensemble_probabilities(checkpoints, split, dev, flip_average=False)
-    result = score(probs, labels, list(split.classes)).to_dict()
+    result = score_views(checkpoints, split, dev)
     result.update(fold=fold)
     return result
 
 
-def mean_accuracy(results: list[dict]) -> float:
-    return sum(r["accuracy"] for r in results) / max(len(results), 1)
+def score_views(checkpoints: list[Checkpoint], split: SampleSet, device: torch.device) -> dict:
+    """The paper's one-view result, with the mirrored one (each face and its mirror image averaged, as the
+    released model serves) under ``"mirrored"``: one test, both figures, no second run to compare them."""
+    one_view = score(*ensemble_probabilities(checkpoints, split, device, flip_average=False), list(split.classes))
+    mirrored = score(*ensemble_probabilities(checkpoints, split, device, flip_average=True), list(split.classes))
+    result = one_view.to_dict()
+    result["mirrored"] = {"accuracy": mirrored.accuracy, "confusion": mirrored.confusion}
+    return result
+
+
+def mean_accuracy(results: list[dict], view: str = "one") -> float:
+    """The mean of per-fold accuracies; ``view`` "mirrored" for the flip-averaged figure."""
+    accs = [r["accuracy"] if view == "one" else r["mirrored"]["accuracy"] for r in results]
+    return sum(accs) / max(len(accs), 1)
 
 
 def format_table(results: list[dict]) -> str:
-    """The original README's table: one column per fold, then the mean of folds."""
+    """The original README's table: one column per fold, then the mean of folds; a mirrored row where every
+    fold has one (folds tested before it existed have none)."""
     head = "| fold | " + " | ".join(str(r["fold"]) for r in results) + " | mean |"
     sep = "|---" * (len(results) + 2) + "|"
     acc = (
         "| accuracy | " + " | ".join(f"{r['accuracy']:.3f}" for r in results) + f" | **{mean_accuracy(results):.4f}** |"
     )
     frac = "| correct | " + " | ".join(f"{round(r['accuracy'] * r['n'])}/{r['n']}" for r in results) + " | |"
-    return "\n".join([head, sep, acc, frac])
+    rows = [head, sep, acc, frac]
+    if results and all("mirrored" in r for r in results):
+        mirrored = " | ".join(f"{r['mirrored']['accuracy']:.3f}" for r in results)
+        rows.append(f"| mirrored | {mirrored} | **{mean_accuracy(results, 'mirrored'):.4f}** |")
+    return "\n".join(rows)
