@@ -191,12 +191,13 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _print_table(results: list[dict]) -> None:
-    from training.cv import format_table, mean_accuracy
+    from training.cv import format_table, mean_accuracy, mean_mirrored
 
     print(format_table(results))
     print(f"mean of folds: {mean_accuracy(results):.4f}")
-    if results and all("mirrored" in r for r in results):
-        print(f"mean of folds, mirrored (faces and mirror images averaged): {mean_accuracy(results, 'mirrored'):.4f}")
+    mirrored = mean_mirrored(results)
+    if mirrored is not None:
+        print(f"mean of folds, mirrored (faces and mirror images averaged): {mirrored:.4f}")
 
 
 def cmd_cv_ensemble(args: argparse.Namespace) -> int:
