@@ -33,7 +33,7 @@ def build_predictor(s: Settings) -> Predictor:
     return Predictor(
         s.weights,
         s.device,
-        half=s.half,
+        precision=s.precision,
         max_faces=s.max_faces,
         detect_max_side=s.detect_max_side,
         min_face_size=s.min_face_size,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fmpn.precision import PRECISIONS
 
 DEFAULT_WEIGHTS = Path("weights/fmpn-cpu-fer2013.safetensors")
 
@@ -16,7 +19,9 @@ class Settings(BaseSettings):
     # model
     weights: Path = Field(DEFAULT_WEIGHTS, description="checkpoint file (.safetensors)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    half: bool | None = Field(None, description="half precision; default: on for CUDA, off for CPU")
+    precision: Literal[PRECISIONS] = Field(  # type: ignore[valid-type]
+        "auto", description="auto: float16 on CUDA, bf16 autocast on CPUs with native bf16, else float32"
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     flip_average: bool | None = Field(
         None, description="average each face with its mirror image; default: as the weights' model card says"

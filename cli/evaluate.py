@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="average each face with its mirror image (default: as the checkpoint says, like the service)",
     )
+    p.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16"],
+        default="float32",
+        help="float32 (default: the model card's figures) or bf16 autocast (the service's default on CPUs with bf16)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -51,7 +57,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = fmpn_samples(args.data, args.split + name, args.dataset, args.images)
     split, skipped, dropped = remap(split, ckpts[0].classes)
     device = torch.device(args.device)
-    probs, labels = ensemble_probabilities(ckpts, split, device, args.batch_size, args.flip_average)
+    probs, labels = ensemble_probabilities(
+        ckpts, split, device, args.batch_size, args.flip_average, amp=args.precision == "bfloat16"
+    )
     result = score(probs, labels, list(split.classes), skipped, dropped)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0

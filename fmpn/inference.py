@@ -7,7 +7,8 @@ to ``profile.image_size`` (torchvision's ``CenterCrop`` offset), scaled to float
 mean/std normalisation and fed to the model; probabilities are ``softmax(logits)``.
 
 All faces of all images passed to :meth:`Predictor.predict` go through the model in one forward pass
-(chunked at ``model_batch``). On CUDA the model runs in half precision by default.
+(chunked at ``model_batch``). By default the model runs in float16 on CUDA and in bf16 autocast on CPUs
+with native bf16 instructions (:mod:`fmpn.precision`), float32 elsewhere.
 
 Nothing here imports ``app/`` or ``training/``.
 """
@@ -33,6 +34,7 @@ from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_t
 from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from fmpn.detect import Face, FaceDetector
 from fmpn.models import class_probabilities
+from fmpn.precision import autocast, resolve_precision
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -216,7 +218,7 @@ class Predictor:
         weights: str | Path,
         device: str | torch.device = "auto",
         *,
-        half: bool | None = None,
+        precision: str = "auto",
         max_faces: int | None = None,
         detect_max_side: int | None = 1280,
         min_face_size: int = 20,
@@ -232,14 +234,12 @@ class Predictor:
         self.profile = self.checkpoint.profile
         self.classes = list(self.checkpoint.classes)
         self.template = self.checkpoint.template or DEFAULT_TEMPLATE
-        self.half = (self.device.type == "cuda") if half is None else bool(half)
-        if self.half and self.device.type != "cuda":
-            raise ValueError("half precision needs a CUDA device")
-        self.dtype = torch.float16 if self.half else torch.float32
+        self.precision = resolve_precision(precision, self.device)  # float16: weights too; bfloat16: autocast
+        self.dtype = torch.float16 if self.precision == "float16" else torch.float32
         # Average each face with its mirror image when the release asks for it (model card), or as told.
         self.flip_average = self.checkpoint.flip_average if flip_average is None else bool(flip_average)
         model = self.checkpoint.build_model().to(self.device)
-        self.model = model.half() if self.half else model.float()
+        self.model = model.to(self.dtype)
         self.model.eval()
         self.detector = FaceDetector(self.device, min_face_size=min_face_size)
         self.max_faces = max_faces
@@ -270,7 +270,7 @@ class Predictor:
             "weights_file": self.weights.name,
             "weights_sha256": self.sha256,
             "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""),
+            "dtype": self.precision,
             "flip_average": self.flip_average,
         }
 
@@ -379,7 +379,8 @@ class Predictor:
         for start in range(0, n, self.model_batch):
             chunk = torch.from_numpy(np.ascontiguousarray(crops[start : start + self.model_batch]))
             x = chunk.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
-            p, mask = class_probabilities(self.model, x, self.flip_average)
+            with autocast(self.precision, self.device):
+                p, mask = class_probabilities(self.model, x, self.flip_average)
             probs.append(p.double().cpu())
             masks.append(mask.float()[:, 0].cpu())
         return torch.cat(probs).numpy(), torch.cat(masks).numpy()

@@ -23,6 +23,7 @@ from test_app_helpers import (
 )
 
 from fmpn.checkpoint import file_sha256
+from fmpn.precision import cpu_has_native_bf16
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,8 @@ def test_models(client) -> None:
     assert model["classes"] == FER2013_CLASSES
     assert model["profile"] == "cpu" and model["input_size"] == 64 and model["mask_size"] == 64
     assert model["weights_sha256"] == file_sha256(checkpoint_path())
-    assert model["device"] == "cpu" and model["dtype"] == "float32"
+    native = "bfloat16" if cpu_has_native_bf16() else "float32"  # FMPN_PRECISION=auto on a CPU
+    assert model["device"] == "cpu" and model["dtype"] == native
 
 
 def test_health_ready_docs(client) -> None:

@@ -24,6 +24,7 @@ from test_app_helpers import (
 from fmpn.align import DEFAULT_TEMPLATE, align_face, similarity_transform
 from fmpn.checkpoint import CheckpointError
 from fmpn.inference import ImageDecodeError, Predictor, decode_image
+from fmpn.precision import autocast, cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,12 +81,12 @@ def test_preprocessing_contract(group, predictor, monkeypatch) -> None:
         assert np.array_equal(seen["crops"][k], crop[2:66, 2:66])  # small faces: no pre-shrink
         assert np.allclose(face.matrix, matrix)
     x = torch.from_numpy(seen["crops"]).permute(0, 3, 1, 2).float() / 255.0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(predictor.precision, predictor.device):  # the default: bf16 where native
         logits, masks = predictor.model(x)
-    probs = torch.softmax(logits, 1).numpy()
+    probs = torch.softmax(logits.float(), 1).numpy()
     for k, face in enumerate(again.faces):
         assert np.allclose(face.probabilities, probs[k], atol=1e-6)
-        assert np.allclose(face.mask, masks[k, 0].numpy(), atol=1e-6)
+        assert np.allclose(face.mask, masks[k, 0].float().numpy(), atol=1e-6)
         assert np.allclose(face.probabilities, result.faces[k].probabilities, atol=1e-6)
 
 
@@ -167,6 +168,32 @@ def test_flip_average_follows_the_release_and_averages_the_mirror_image(group, t
         assert np.allclose(face.mask, m_face[k], atol=1e-5)  # the mask is the face's own, not averaged
 
 
+def test_precision_auto_is_bf16_where_the_cpu_computes_in_bf16(group) -> None:
+    """The default runs bf16 autocast on CPUs with native bf16 (as /proc/cpuinfo says); it answers as float32 does."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        native = bool(set(cpuinfo.read_text().split()) & {"avx512_bf16", "amx_bf16", "amx_tile"})
+        assert cpu_has_native_bf16() == native
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
+    auto = Predictor(weights, "cpu", detect_max_side=640)
+    assert auto.precision == ("bfloat16" if cpu_has_native_bf16() else "float32")
+    assert auto.info()["dtype"] == auto.precision and next(auto.model.parameters()).dtype == torch.float32
+    image = group[0]
+    (bf16,) = Predictor(weights, "cpu", precision="bfloat16", detect_max_side=640).predict([image])
+    (fp32,) = Predictor(weights, "cpu", precision="float32", detect_max_side=640).predict([image])
+    assert [f.box for f in bf16.faces] == [f.box for f in fp32.faces] and len(fp32.faces) == 6
+    diffs = []
+    for a, b in zip(bf16.faces, fp32.faces, strict=True):
+        diffs.append(np.abs(a.probabilities - b.probabilities).max())
+        top2 = np.sort(b.probabilities)[-2:]
+        if top2[1] - top2[0] > 0.05:  # a clear winner stays the winner
+            assert a.probabilities.argmax() == b.probabilities.argmax()
+        assert np.abs(a.mask - b.mask).max() < 0.05
+    assert 0 < max(diffs) < 0.03  # bf16 really ran, and moved no probability by more than 3 points
+    with pytest.raises(ValueError, match="float16 needs a CUDA device"):
+        Predictor(weights, "cpu", precision="float16")
+
+
 def test_missing_checkpoint(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         Predictor(tmp_path / "none.safetensors", "cpu")
@@ -182,7 +209,7 @@ def test_model_info(predictor) -> None:
 def test_cuda_half_precision_matches_cpu(group) -> None:  # pragma: no cover - GPU machines only
     image, cpu = group
     gpu = Predictor(checkpoint_path(), "cuda", detect_max_side=640)
-    assert gpu.half and next(gpu.model.parameters()).dtype == torch.float16
+    assert gpu.precision == "float16" and next(gpu.model.parameters()).dtype == torch.float16
     (result,) = gpu.predict([image])
     assert len(result.faces) == len(cpu.faces)
     for a, b in zip(result.faces, cpu.faces, strict=True):

@@ -103,14 +103,15 @@ def ensemble_probabilities(
     device: torch.device,
     batch_size: int = 128,
     flip_average: bool | None = None,
+    amp: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Several models' class probabilities on ``split``, averaged; each reads the faces at its own profile's size.
-    ``flip_average`` None: as each checkpoint says (like the service)."""
+    ``flip_average`` None: as each checkpoint says (like the service). ``amp``: bf16 autocast."""
     total = labels = None
     for ckpt in checkpoints:
         dataset = make_dataset(split, ckpt.profile, None, train=False)
         flip = ckpt.flip_average if flip_average is None else flip_average
-        probs, labels = predict(ckpt.build_model().to(device), dataset, device, batch_size, flip_average=flip)
+        probs, labels = predict(ckpt.build_model().to(device), dataset, device, batch_size, amp, flip)
         total = probs if total is None else total + probs
     if total is None:
         raise ValueError("an ensemble needs at least one model")

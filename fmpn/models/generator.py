@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fmpn.models.blocks import ResnetBlock, init_xavier, norm_factory
@@ -53,4 +54,8 @@ class MotionMaskGenerator(nn.Module):
         init_xavier(self)
 
     def forward(self, gray: Tensor) -> Tensor:
-        return self.top(self.decoder(self.blocks(self.encoder(gray))))
+        logits = self.top[0](self.decoder(self.blocks(self.encoder(gray))))
+        if torch.is_autocast_enabled(logits.device.type):
+            # bf16 has 8 significant bits: a mask value of 0.998 would come out as exactly 1.
+            logits = logits.float()
+        return self.top[1](logits)
