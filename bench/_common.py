@@ -29,6 +29,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--random-init", action="store_true", help="serve a random CPU-profile model")
     p.add_argument("--photos", type=Path, default=PHOTOS, help="folder of .jpg photos (default: %(default)s)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="FMPN_PRECISION: auto, float32, float16 or bfloat16")
     p.add_argument("--threads", type=int, default=1, help="the server's torch threads (1: robust on a shared CPU)")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--batch-wait-ms", type=float, default=5.0)
