@@ -45,7 +45,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def measure(amp: bool, args: argparse.Namespace) -> list[Result]:
-    s = Settings(torch.device("cpu"), amp, amp, False, 1, args.seconds, 3, 200)  # bf16 with channels_last
+    s = Settings(  # bf16 together with channels_last, as on a GPU
+        device=torch.device("cpu"),
+        amp=amp,
+        channels_last=amp,
+        compile=False,
+        warmup=1,
+        seconds=args.seconds,
+        min_runs=3,
+        max_runs=200,
+    )
     profile = get_profile("cpu")
     batches = [int(b) for b in args.batch_sizes.split(",")]
     results = bench_inference(profile, batches, s, None) + bench_inference(profile, batches, s, None, flip=True)
