@@ -2,9 +2,9 @@
 
 ``float16``: weights and inputs in half precision (CUDA only). ``bfloat16``: float32 weights under
 ``torch.autocast`` (convolutions and matmuls in bf16). On a CPU with native bf16 instructions
-(AVX512-BF16 or AMX) that runs the cpu profile about 1.8x faster than float32 (``bench/bench_model.py
---amp bf16``) with the same FER2013 validation accuracy to two faces in 3,589 (docs/results.md); without
-them bf16 is emulated and slower, so ``auto`` picks it only where it is native.
+(AVX512-BF16 or AMX) that runs the cpu profile 1.4-2.2x faster than float32 (``bench/bench_precision.py``),
+and the released model labels 6 of FER2013's 3,589 validation faces differently (one more right); without
+those instructions bf16 is emulated and slower, so ``auto`` picks it only where it is native.
 """
 
 from __future__ import annotations
