@@ -55,6 +55,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "0 to 2: 1 aims the plain argmax at the mean per-class recall, 0 plain CE (default)",
     )
     p.add_argument(
+        "--mixup",
+        type=float,
+        default=0.0,
+        metavar="ALPHA",
+        help="stage 2: train on blends of two faces (image, class and mask targets alike), blend weight "
+        "~ Beta(ALPHA, ALPHA); 0 off (default), 0.2-0.4 usual",
+    )
+    p.add_argument(
         "--augment",
         choices=["crop", "strong"],
         default="crop",
@@ -141,6 +149,7 @@ def _configs(args: argparse.Namespace, stage: int):
         stop_after=args.stop_after,
         balance=args.balance,
         logit_adjust=args.logit_adjust,
+        mixup=args.mixup,
         augment=args.augment,
         progress=not args.no_progress,
     )

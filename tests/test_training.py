@@ -245,3 +245,59 @@ def test_logit_adjusted_loss_charges_more_for_missing_a_rare_class(ckplus48) -> 
     plain, adjusted = [ce(i, None) for i in (0, 1)], [ce(i, prior) for i in (0, 1)]
     assert torch.isclose(plain[0], plain[1])
     assert adjusted[0] > plain[0] > adjusted[1]
+
+
+def test_mixup_blends_faces_masks_and_labels_alike(ckplus48) -> None:
+    from fmpn.data import ckplus48_samples
+    from fmpn.profiles import get_profile
+    from training.data import make_dataset
+    from training.loop import compute_losses
+    from training.mixup import mix_batch
+
+    split = ckplus48_samples(ckplus48, 0, "train")
+    masks = torch.rand(len(split.classes), 48, 48).mul(255).to(torch.uint8).numpy()
+    dataset = make_dataset(split, get_profile("cpu"), list(masks), train=False)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(0, 400, 25)])
+    rgb, target, labels = batch["image"], batch["mask"], batch["label"]
+    k = len(split.classes)
+
+    torch.manual_seed(0)
+    mixed, mixed_target, soft = mix_batch(rgb, target, labels, k, 0.4)
+    # Each output is a blend of a face and a partner's with one weight: the batch's sums are kept, the faces change.
+    assert not torch.equal(mixed, rgb)
+    assert torch.allclose(mixed.sum(0), rgb.sum(0), atol=1e-3)
+    assert torch.allclose(mixed_target.sum(0), target.sum(0), atol=1e-3)
+    assert torch.allclose(soft.sum(1), torch.ones(len(labels)))
+    assert torch.allclose(soft.sum(0), torch.bincount(labels, minlength=k).float())
+    own = soft[torch.arange(len(labels)), labels]  # the weight of each face's own class (1: same-class partner)
+    lam = float(own.min())
+    assert 0.0 < lam < 1.0 and ((own - lam).abs() < 1e-6).logical_or(own > 1 - 1e-6).all()
+    # Recover each face's partner from the image, then its mask and label must be blended with the same partner.
+    partner = torch.cdist(((mixed - lam * rgb) / (1 - lam)).flatten(1), rgb.flatten(1)).argmin(1)
+    onehot = torch.nn.functional.one_hot(labels, k).float()
+    assert torch.allclose(mixed, lam * rgb + (1 - lam) * rgb[partner], atol=1e-5)
+    assert torch.allclose(mixed_target, lam * target + (1 - lam) * target[partner], atol=1e-5)
+    assert torch.allclose(soft, lam * onehot + (1 - lam) * onehot[partner], atol=1e-6)
+    assert not torch.equal(partner, torch.arange(len(labels)))
+
+    # The loss takes class indices or blended class probabilities; one-hot probabilities give the same CE.
+    profile = get_profile("cpu").replace(prior=False)
+    logits = torch.randn(len(labels), k)
+    by_index = compute_losses(logits, None, labels, None, profile, 2)["ce"]
+    by_probs = compute_losses(logits, None, torch.nn.functional.one_hot(labels, k).float(), None, profile, 2)["ce"]
+    assert torch.isclose(by_index, by_probs)
+    assert not torch.isclose(compute_losses(logits, None, soft, None, profile, 2)["ce"], by_index)
+
+
+def test_mixup_option_trains_and_rejects_bad_values(ckplus48, tmp_path, capsys) -> None:
+    from cli.main import main
+
+    args = ["train", "stage2", "--layout", "ckplus48", "--data", str(ckplus48), "--fold", "0", "--ablation"]
+    args += ["--limit", "16", "--niter", "1", "--niter-decay", "0", "--max-steps", "2", "--no-progress"]
+    args += ["--device", "cpu", "--batch-size", "8"]
+    assert main([*args, "--mixup", "3", "--out", str(tmp_path / "bad")]) == 2
+    assert "--mixup must be between 0 (off) and 2" in capsys.readouterr().err
+    assert main([*args, "--mixup", "0.4", "--out", str(tmp_path / "mix")]) == 0
+    assert json.loads((tmp_path / "mix" / "config.json").read_text())["mixup"] == 0.4
+    history = json.loads((tmp_path / "mix" / "history.json").read_text())
+    assert history and 0.0 < history[-1]["ce"] < 10.0

@@ -33,6 +33,7 @@ from training import distributed
 from training.config import TrainConfig
 from training.data import BalancedSampler, load_splits, make_dataset
 from training.evaluate import evaluate
+from training.mixup import check_alpha, mix_batch
 from training.schedule import linear_decay
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     if cfg.balance and cfg.logit_adjust:
         raise ValueError("use --balance or --logit-adjust, not both: each corrects the same class skew")
+    check_alpha(cfg.mixup)
+    mixup = cfg.mixup if cfg.stage == 2 else 0.0  # stage 1 has no class targets to blend
 
     # Data: the class masks are the FMG's targets, so both stages need them unless the prior is off.
     splits = load_splits(cfg.data)
@@ -136,6 +139,8 @@ def train(cfg: TrainConfig) -> TrainResult:
                 rgb = rgb.contiguous(memory_format=torch.channels_last)
             target = batch["mask"].to(device) if "mask" in batch else None
             labels = batch["label"].to(device)
+            if mixup:
+                rgb, target, labels = mix_batch(rgb, target, labels, len(splits.classes), mixup)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 if cfg.stage == 1:
                     mask = step_net(to_gray(rgb))
@@ -198,6 +203,7 @@ def compute_losses(
 ) -> dict[str, torch.Tensor]:
     """Stage 1: MSE. Stage 2: lambda_cls * CE + lambda_mask * MSE (MSE in fp32, as advised for AMP).
 
+    ``labels``: class indices, or (N, K) class probabilities (mixup's blended targets).
     ``log_prior`` (tau * log class frequency) is added to the logits in the loss only: the network then
     has to beat a rare class's prior by a wider margin, so its plain argmax stops favouring common classes.
     The logged ``ce`` is then the adjusted one.
