@@ -42,7 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def register_release(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("release", help="write released weights: float16 storage, same metadata")
-    p.add_argument("checkpoint")
+    p.add_argument(
+        "checkpoint",
+        nargs="+",
+        help="a checkpoint; several (one profile and classes) are averaged weight by weight (a model soup)",
+    )
     p.add_argument("--out", required=True, help="e.g. weights/fmpn-cpu-fer2013.safetensors")
     p.add_argument("--float32", action="store_true", help="keep float32 storage")
     p.add_argument(

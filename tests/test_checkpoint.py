@@ -63,3 +63,32 @@ def test_release_stores_float16_and_serves_the_file_it_evaluates(tmp_path) -> No
     with torch.no_grad():
         a, b = model.eval()(x), released(x)
     assert torch.allclose(a[1], b[1], atol=1e-2)
+
+
+def test_release_of_several_checkpoints_averages_their_weights(tmp_path, capsys) -> None:
+    from cli.main import main as fmpn_main
+
+    profile, classes = CPU.replace(ngf=8), list("abcdefg")
+    models, paths = [], []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build_fmpn(profile, 7)
+        model.train()
+        with torch.no_grad():  # BN statistics and counters away from their defaults
+            model(torch.rand(4, 3, 64, 64))
+        models.append(model)
+        paths.append(save_checkpoint(tmp_path / f"m{seed}.safetensors", model, profile, classes, config={"seed": seed}))
+    out = tmp_path / "soup.safetensors"
+    assert fmpn_main(["release", *map(str, paths), "--out", str(out), "--float32"]) == 0
+    soup = load_checkpoint(out)
+    assert soup.config["averaged_from"] == ["m0.safetensors", "m1.safetensors"] and soup.config["seed"] == 0
+    states = [m.state_dict() for m in models]
+    for key in ("classifier.fc.weight", "generator.encoder.0.weight", "classifier.bn1.running_var"):
+        assert torch.allclose(soup.state_dict[key], (states[0][key] + states[1][key]) / 2, atol=1e-6)
+        assert not torch.allclose(soup.state_dict[key], states[0][key])
+
+    # Checkpoints of different models cannot be averaged: a one-line error, no file written.
+    other = save_checkpoint(tmp_path / "other.safetensors", build_fmpn(profile, 7), profile, list("gfedcba"))
+    assert fmpn_main(["release", str(paths[0]), str(other), "--out", str(tmp_path / "bad.safetensors")]) == 2
+    assert "cannot average m0.safetensors and other.safetensors: their classes differ" in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()
