@@ -1,8 +1,8 @@
 """Turn training checkpoints into released weights: float16 storage, the same metadata.
 
-Several checkpoints are averaged weight by weight (a uniform "model soup", Wortsman et al. 2022): two
-FER2013 rounds fine-tuned from one start land in one basin, and their average scores above either
-(docs/results.md, section 2) at the cost of one model.
+Several checkpoints are averaged weight by weight (a uniform "model soup", Wortsman et al. 2022): a model
+and a round fine-tuned from it lie in one basin, and their average can score above either at the cost of
+one model (release 5 is such an average: weights/README.md). Models trained apart do not average.
 """
 
 from __future__ import annotations
