@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import require_data
+from PIL import Image
 
 from fmpn.classes import CKPLUS, FER2013
 from fmpn.masks import (
@@ -336,3 +337,22 @@ def test_compare_and_grid_commands(generated, original_masks, tmp_path, capsys):
     assert img is not None and img.shape[1] > 7 * 100 and img.shape[0] > 2 * 100
     assert main(["masks", "compare", str(tmp_path), str(original_masks)]) == 2
     assert "no common fold" in capsys.readouterr().err
+
+
+def test_figures_command_draws_the_class_masks_and_predicted_masks_per_class(fer2013, original_masks, tmp_path):
+    """`fmpn masks figures` with the released model: one row per class, a face and its overlay per pick."""
+    from cli.main import main
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "fmpn-cpu-fer2013.safetensors"
+    args = ["masks", "figures", str(weights), "--data", str(fer2013 / "val"), "--masks", str(original_masks / "0")]
+    assert main([*args, "--out", str(tmp_path), "--per-class", "2"]) == 0
+    classes = Image.open(tmp_path / "class-masks.png")
+    assert classes.size == (7 * (128 + 6) + 6, 128 + 26 + 6)
+    figure = np.asarray(Image.open(tmp_path / "predicted-masks.png").convert("RGB")).astype(int)
+    tile, gap = 96, 4
+    assert figure.shape[:2] == (8 + 7 * (tile + gap + 14), 90 + 2 * 2 * (tile + gap))
+    # Each overlay tile differs from the face beside it (the mask is drawn on), and every row holds faces.
+    for row in range(7):
+        y, x = 8 + row * (tile + gap + 14), 90
+        face, overlay = figure[y : y + tile, x : x + tile], figure[y : y + tile, x + tile + gap : x + 2 * tile + gap]
+        assert face.std() > 10 and np.abs(face - overlay).mean() > 10
