@@ -135,12 +135,12 @@ def train(cfg: TrainConfig) -> TrainResult:
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 break
             rgb = batch["image"].to(device, non_blocking=True)
-            if cfg.channels_last:
-                rgb = rgb.contiguous(memory_format=torch.channels_last)
             target = batch["mask"].to(device) if "mask" in batch else None
             labels = batch["label"].to(device)
             if mixup:
                 rgb, target, labels = mix_batch(rgb, target, labels, len(splits.classes), mixup)
+            if cfg.channels_last:  # after mixing, whose indexing would hand back a plain-layout tensor
+                rgb = rgb.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 if cfg.stage == 1:
                     mask = step_net(to_gray(rgb))

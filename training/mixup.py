@@ -27,9 +27,9 @@ def mix_batch(
     """(mixed faces, mixed mask targets, soft labels (N, K)); uses torch's RNG, so a resumed run replays it."""
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(rgb.shape[0], device=rgb.device)
-    onehot = F.one_hot(labels, num_classes).float()
-    mixed = rgb.mul(lam).add_(rgb[perm], alpha=1.0 - lam)
-    soft = onehot.mul(lam).add_(onehot[perm], alpha=1.0 - lam)
-    if target is not None:
-        target = target.mul(lam).add_(target[perm], alpha=1.0 - lam)
-    return mixed, target, soft
+
+    def blend(t: Tensor) -> Tensor:
+        return torch.lerp(t[perm], t, lam)  # lam * t + (1 - lam) * partner
+
+    soft = blend(F.one_hot(labels, num_classes).float())
+    return blend(rgb), None if target is None else blend(target), soft
