@@ -85,6 +85,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s2.add_argument("--ablation", action="store_true", help="the classifier alone, without the motion prior")
     s2.add_argument(
+        "--soft-labels", metavar="FILE", help="teacher class probabilities per training image (`fmpn soft-labels`)"
+    )
+    s2.add_argument(
+        "--soft-weight",
+        type=float,
+        default=0.5,
+        metavar="W",
+        help="with --soft-labels: class target = (1 - W) * label + W * teacher probabilities (default 0.5)",
+    )
+    s2.add_argument(
         "--select",
         choices=["last", "val"],
         default="last",
@@ -102,6 +112,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("--stage1-niter", type=int, help="stage-1 epochs at full lr (default: the profile's)")
     cv.add_argument("--stage1-niter-decay", type=int)
     cv.set_defaults(func=cmd_cv)
+
+    soft = sub.add_parser(
+        "soft-labels", help="teacher models' class probabilities on every training image, for --soft-labels"
+    )
+    soft.add_argument("teachers", nargs="+", metavar="checkpoint", help="several: their probabilities averaged")
+    soft.add_argument("--data", required=True, help="training images (folder layout: root/<class>/<img>)")
+    soft.add_argument("--out", required=True, help="file to write (.safetensors)")
+    soft.add_argument("--device", default="cpu")
+    soft.add_argument("--amp", action="store_true", help="bf16 autocast")
+    soft.set_defaults(func=cmd_soft_labels)
 
     ens = sub.add_parser(
         "cv-ensemble", help="per-fold table of several finished cv runs together (class probabilities averaged)"
@@ -162,6 +182,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _configs(args, 1 if args.stage == "stage1" else 2)
     if cfg.stage == 2:
         cfg.init, cfg.ablation, cfg.select = args.init, args.ablation, args.select
+        cfg.soft_labels, cfg.soft_weight = args.soft_labels, args.soft_weight
         cfg.init_parts = args.init_parts.split(",")
     result = train(cfg)
     print(f"model written to {result.checkpoint}")
@@ -214,4 +235,24 @@ def cmd_cv_ensemble(args: argparse.Namespace) -> int:
 
     results = [ensemble_fold(args.runs, fold, args.device) for fold in parse_folds(args.folds)]
     _print_table(results)
+    return 0
+
+
+def cmd_soft_labels(args: argparse.Namespace) -> int:
+    import torch
+
+    from fmpn.checkpoint import load_checkpoint
+    from fmpn.data import folder_samples
+    from training.distill import write_soft_labels
+    from training.evaluate import remap
+
+    teachers = [load_checkpoint(path) for path in args.teachers]
+    for path, ckpt in zip(args.teachers[1:], teachers[1:], strict=True):
+        if ckpt.classes != teachers[0].classes:
+            raise ValueError(f"{path} has classes {ckpt.classes}, {args.teachers[0]} {teachers[0].classes}")
+    split, skipped, _ = remap(folder_samples(args.data), teachers[0].classes)
+    if skipped:
+        raise ValueError(f"the teachers know no class {skipped} of {args.data}: soft labels need every image")
+    out = write_soft_labels(teachers, args.teachers, split, args.data, args.out, torch.device(args.device), args.amp)
+    print(f"wrote {out}: {len(split.samples)} images x {len(split.classes)} classes, {len(teachers)} teacher(s)")
     return 0

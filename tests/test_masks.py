@@ -351,8 +351,12 @@ def test_figures_command_draws_the_class_masks_and_predicted_masks_per_class(fer
     figure = np.asarray(Image.open(tmp_path / "predicted-masks.png").convert("RGB")).astype(int)
     tile, gap = 96, 4
     assert figure.shape[:2] == (8 + 7 * (tile + gap + 14), 90 + 2 * 2 * (tile + gap))
-    # Each overlay tile differs from the face beside it (the mask is drawn on), and every row holds faces.
+    # Every row holds faces, and each overlay is its face with a heat map blended on at alpha 0.5: the heat map
+    # recovered from the pair (2 * overlay - face) must vary across the face, which a constant or missing mask
+    # (one JET colour everywhere) would not.
     for row in range(7):
         y, x = 8 + row * (tile + gap + 14), 90
         face, overlay = figure[y : y + tile, x : x + tile], figure[y : y + tile, x + tile + gap : x + 2 * tile + gap]
+        heat = np.clip(2 * overlay - face, 0, 255)
         assert face.std() > 10 and np.abs(face - overlay).mean() > 10
+        assert heat.reshape(-1, 3).std(0).max() > 20, f"row {row}: the overlay's heat map is flat"

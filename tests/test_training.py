@@ -301,3 +301,80 @@ def test_mixup_option_trains_and_rejects_bad_values(ckplus48, tmp_path, capsys) 
     assert json.loads((tmp_path / "mix" / "config.json").read_text())["mixup"] == 0.4
     history = json.loads((tmp_path / "mix" / "history.json").read_text())
     assert history and 0.0 < history[-1]["ce"] < 10.0
+
+
+def test_soft_labels_hold_the_teachers_mirrored_probabilities_by_file(fer2013, tmp_path, capsys) -> None:
+    """`fmpn soft-labels` with the released model on real FER2013 faces: each row is that face's probabilities
+    (face and mirror averaged), found again by file name whatever order the training set lists them in."""
+    from fmpn.data import SampleSet, folder_samples
+    from fmpn.models import class_probabilities
+    from training.data import make_dataset
+    from training.distill import load_soft_labels
+
+    data = tmp_path / "data"
+    for folder in sorted((fer2013 / "train").iterdir()):
+        (data / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:3]:
+            shutil.copy(image, data / folder.name / image.name)
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
+    out = tmp_path / "soft.safetensors"
+    assert main(["soft-labels", str(weights), "--data", str(data), "--out", str(out)]) == 0
+    assert "21 images x 7 classes, 1 teacher(s)" in capsys.readouterr().out
+
+    ckpt = load_checkpoint(weights)
+    split = folder_samples(data, ckpt.classes)
+    reordered = SampleSet(split.samples[::-1], split.classes, [], [])
+    rows = load_soft_labels(out, reordered, data)
+    images = torch.stack([make_dataset(reordered, ckpt.profile, None, train=False)[i]["image"] for i in range(21)])
+    with torch.inference_mode():
+        expected, _ = class_probabilities(ckpt.build_model().eval(), images, flip_average=True)
+    assert rows.shape == (21, 7) and torch.allclose(rows, expected, atol=1e-5)
+    assert torch.allclose(rows.sum(1), torch.ones(21)) and rows.max(1).values.min() < 0.99  # soft, not one-hot
+
+    extra = tmp_path / "data" / "happy" / "extra.png"
+    shutil.copy(split.samples[0].path, extra)
+    with pytest.raises(ValueError, match="no soft label for 1 of the 22 training images"):
+        load_soft_labels(out, folder_samples(data, ckpt.classes), data)
+    with pytest.raises(ValueError, match="has classes"):
+        load_soft_labels(out, SampleSet(split.samples, split.classes[::-1], [], []), data)
+
+
+def test_training_follows_the_teacher_targets(ckplus48, tmp_path, capsys) -> None:
+    """A teacher file that calls every face anger, at --soft-weight 1, teaches the network to say anger;
+    the same run on the true labels does not. Bad weights are one-line errors."""
+    from safetensors.torch import save_file
+
+    from fmpn.data import ckplus48_samples
+    from training.distill import FORMAT
+
+    split = ckplus48_samples(ckplus48, 0, "train")
+    probs = torch.zeros(len(split.samples), len(split.classes))
+    probs[:, 0] = 1.0
+    files = [s.path.resolve().relative_to(ckplus48.resolve()).as_posix() for s in split.samples]
+    meta = {"format": FORMAT, "classes": json.dumps(split.classes), "files": json.dumps(files), "teachers": "[]"}
+    save_file({"probs": probs}, str(tmp_path / "anger.safetensors"), metadata=meta)
+
+    args = ["train", "stage2", "--layout", "ckplus48", "--data", str(ckplus48), "--fold", "0", "--ablation"]
+    args += ["--limit", "32", "--niter", "4", "--niter-decay", "0", "--no-progress", "--device", "cpu"]
+    args += ["--batch-size", "16", "--lr", "2e-3"]
+    teach = ["--soft-labels", str(tmp_path / "anger.safetensors")]
+    assert main([*args, *teach, "--soft-weight", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--soft-weight must be above 0 and at most 1" in capsys.readouterr().err
+    assert main([*args, *teach, "--soft-weight", "1", "--out", str(tmp_path / "taught")]) == 0
+    assert main([*args, "--out", str(tmp_path / "labels")]) == 0
+    assert json.loads((tmp_path / "taught" / "config.json").read_text())["soft_weight"] == 1.0
+
+    def anger_share(run: str) -> float:
+        from training.data import make_dataset
+        from training.evaluate import predict
+
+        ckpt = load_checkpoint(tmp_path / run / "model.safetensors")
+        subset = ckplus48_samples(ckplus48, 0, "train")
+        subset.samples = subset.samples[::10]
+        probs, _ = predict(
+            ckpt.build_model(), make_dataset(subset, ckpt.profile, None, train=False), torch.device("cpu")
+        )
+        return float((probs.argmax(1) == 0).float().mean())
+
+    assert anger_share("taught") > 0.9
+    assert anger_share("labels") < 0.5

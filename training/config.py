@@ -48,6 +48,8 @@ class TrainConfig:
     balance: float = 0.0  # class-balanced sampling: 0 natural frequencies .. 1 every class equally often
     logit_adjust: float = 0.0  # CE on logits + tau * log(class frequency) (Menon et al. 2021); 0 plain CE
     mixup: float = 0.0  # stage 2: blend pairs of faces and their targets, weight ~ Beta(alpha, alpha); 0 off
+    soft_labels: str | None = None  # stage 2: teacher probabilities per training image (`fmpn soft-labels`)
+    soft_weight: float = 0.5  # class target = (1 - w) * one-hot + w * teacher probabilities
     augment: str = "crop"  # "crop": the original five-crop + flip; "strong": + rotation/scale/shift + erasing
     select: str = "last"  # "last" (the paper: final epoch) or "val" (best validation accuracy)
     seed: int = 0

@@ -32,6 +32,7 @@ from fmpn.profiles import Profile, Schedule
 from training import distributed
 from training.config import TrainConfig
 from training.data import BalancedSampler, load_splits, make_dataset
+from training.distill import check_weight, load_soft_labels
 from training.evaluate import evaluate
 from training.mixup import check_alpha, mix_batch
 from training.schedule import linear_decay
@@ -73,6 +74,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     elif info.enabled:
         sampler = DistributedSampler(train_set, seed=cfg.seed)
     log_prior = class_log_prior(splits.train.samples, len(splits.classes), cfg.logit_adjust, device)
+    teacher = None  # (N, K) teacher probabilities in train_set's order, looked up by each item's index
+    if cfg.soft_labels and cfg.stage == 2:
+        check_weight(cfg.soft_weight)
+        teacher = load_soft_labels(cfg.soft_labels, splits.train, cfg.data.root)
     loader = DataLoader(
         train_set,
         batch_size=schedule.batch_size,
@@ -137,6 +142,9 @@ def train(cfg: TrainConfig) -> TrainResult:
             rgb = batch["image"].to(device, non_blocking=True)
             target = batch["mask"].to(device) if "mask" in batch else None
             labels = batch["label"].to(device)
+            if teacher is not None:
+                hard = F.one_hot(labels, len(splits.classes)).float()
+                labels = torch.lerp(hard, teacher[batch["index"]].to(device), cfg.soft_weight)
             if mixup:
                 rgb, target, labels = mix_batch(rgb, target, labels, len(splits.classes), mixup)
             if cfg.channels_last:  # after mixing, whose indexing would hand back a plain-layout tensor
@@ -203,7 +211,7 @@ def compute_losses(
 ) -> dict[str, torch.Tensor]:
     """Stage 1: MSE. Stage 2: lambda_cls * CE + lambda_mask * MSE (MSE in fp32, as advised for AMP).
 
-    ``labels``: class indices, or (N, K) class probabilities (mixup's blended targets).
+    ``labels``: class indices, or (N, K) class probabilities (mixup's blends, teacher targets).
     ``log_prior`` (tau * log class frequency) is added to the logits in the loss only: the network then
     has to beat a rare class's prior by a wider margin, so its plain argmax stops favouring common classes.
     The logged ``ce`` is then the adjusted one.

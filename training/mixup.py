@@ -24,12 +24,13 @@ def check_alpha(alpha: float) -> None:
 def mix_batch(
     rgb: Tensor, target: Tensor | None, labels: Tensor, num_classes: int, alpha: float
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(mixed faces, mixed mask targets, soft labels (N, K)); uses torch's RNG, so a resumed run replays it."""
+    """(mixed faces, mixed mask targets, soft labels (N, K)); ``labels`` class indices or (N, K) probabilities
+    (teacher targets). Uses torch's RNG, so a resumed run replays it."""
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(rgb.shape[0], device=rgb.device)
 
     def blend(t: Tensor) -> Tensor:
         return torch.lerp(t[perm], t, lam)  # lam * t + (1 - lam) * partner
 
-    soft = blend(F.one_hot(labels, num_classes).float())
+    soft = blend(labels.float() if labels.dim() == 2 else F.one_hot(labels, num_classes).float())
     return blend(rgb), None if target is None else blend(target), soft
