@@ -279,6 +279,9 @@ def test_mixup_blends_faces_masks_and_labels_alike(ckplus48) -> None:
     assert torch.allclose(mixed_target, lam * target + (1 - lam) * target[partner], atol=1e-5)
     assert torch.allclose(soft, lam * onehot + (1 - lam) * onehot[partner], atol=1e-6)
     assert not torch.equal(partner, torch.arange(len(labels)))
+    # Probability targets (teacher soft labels) are blended the same way as the one-hot vectors of indices.
+    torch.manual_seed(0)
+    assert torch.allclose(mix_batch(rgb, target, onehot, k, 0.4)[2], soft)
 
     # The loss takes class indices or blended class probabilities; one-hot probabilities give the same CE.
     profile = get_profile("cpu").replace(prior=False)
