@@ -340,6 +340,9 @@ def test_soft_labels_hold_the_teachers_mirrored_probabilities_by_file(fer2013, t
         load_soft_labels(out, folder_samples(data, ckpt.classes), data)
     with pytest.raises(ValueError, match="has classes"):
         load_soft_labels(out, SampleSet(split.samples, split.classes[::-1], [], []), data)
+    for wrong in (weights, split.samples[0].path):  # a model checkpoint, an image: clear errors, no trace
+        with pytest.raises(ValueError, match="is not a soft-label file"):
+            load_soft_labels(wrong, split, data)
 
 
 def test_training_follows_the_teacher_targets(ckplus48, tmp_path, capsys) -> None:

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
@@ -68,11 +68,14 @@ def load_soft_labels(path: str | Path, split: SampleSet, root: str | Path) -> Te
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"soft labels {path} not found: make them with `fmpn soft-labels`")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a soft-label file (format {meta.get('format')!r}, expected {FORMAT!r})")
-        probs = f.get_tensor("probs").float()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            probs = f.get_tensor("probs").float() if meta.get("format") == FORMAT else None
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{path} is not a soft-label file: {exc}") from None
+    if probs is None:
+        raise ValueError(f"{path} is not a soft-label file (format {meta.get('format')!r}, expected {FORMAT!r})")
     classes, files = json.loads(meta["classes"]), json.loads(meta["files"])
     if classes != list(split.classes):
         raise ValueError(f"{path} has classes {classes}, the training data {list(split.classes)}")
