@@ -39,15 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
-    from fmpn.checkpoint import load_checkpoint
     from fmpn.data import ckplus48_samples, fmpn_samples, folder_samples
-    from training.evaluate import ensemble_probabilities, remap, score
+    from training.evaluate import ensemble_probabilities, load_ensemble, remap, score
 
-    ckpts = [load_checkpoint(path) for path in args.checkpoints]
-    for path, ckpt in zip(args.checkpoints[1:], ckpts[1:], strict=True):
-        if ckpt.classes != ckpts[0].classes:
-            first = args.checkpoints[0]
-            raise ValueError(f"{path} has classes {ckpt.classes}, {first} {ckpts[0].classes}: no ensemble")
+    ckpts = load_ensemble(args.checkpoints)
     if args.layout == "folder":
         split = folder_samples(args.data)
     elif args.layout == "ckplus48":

@@ -241,15 +241,11 @@ def cmd_cv_ensemble(args: argparse.Namespace) -> int:
 def cmd_soft_labels(args: argparse.Namespace) -> int:
     import torch
 
-    from fmpn.checkpoint import load_checkpoint
     from fmpn.data import folder_samples
     from training.distill import write_soft_labels
-    from training.evaluate import remap
+    from training.evaluate import load_ensemble, remap
 
-    teachers = [load_checkpoint(path) for path in args.teachers]
-    for path, ckpt in zip(args.teachers[1:], teachers[1:], strict=True):
-        if ckpt.classes != teachers[0].classes:
-            raise ValueError(f"{path} has classes {ckpt.classes}, {args.teachers[0]} {teachers[0].classes}")
+    teachers = load_ensemble(args.teachers)
     split, skipped, _ = remap(folder_samples(args.data), teachers[0].classes)
     if skipped:
         raise ValueError(f"the teachers know no class {skipped} of {args.data}: soft labels need every image")

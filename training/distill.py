@@ -31,13 +31,15 @@ def check_weight(weight: float) -> None:
         raise ValueError(f"--soft-weight must be above 0 and at most 1 (1: teacher targets alone), got {weight}")
 
 
-def _key(path: Path, root: Path) -> str:
-    """A training file's name relative to its dataset root, so that the file works from any checkout
+def _file_names(split: SampleSet, root: str | Path) -> list[str]:
+    """Each image's name relative to the dataset root, so that the file works from any checkout
     (absolute for images kept outside the root, as the fmpn layout's ``--images`` allows)."""
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.resolve().as_posix()
+    base = Path(root).resolve()
+    names = []
+    for sample in split.samples:
+        path = sample.path.resolve()
+        names.append(path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix())
+    return names
 
 
 def write_soft_labels(
@@ -54,12 +56,12 @@ def write_soft_labels(
     meta = {
         "format": FORMAT,
         "classes": json.dumps(list(split.classes)),
-        "files": json.dumps([_key(s.path, Path(root)) for s in split.samples]),
+        "files": json.dumps(_file_names(split, root)),
         "teachers": json.dumps(names),
     }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"probs": probs.float().contiguous()}, str(out), metadata=meta)
+    save_file({"probs": probs}, str(out), metadata=meta)
     return out
 
 
@@ -80,7 +82,7 @@ def load_soft_labels(path: str | Path, split: SampleSet, root: str | Path) -> Te
     if classes != list(split.classes):
         raise ValueError(f"{path} has classes {classes}, the training data {list(split.classes)}")
     rows = {name: i for i, name in enumerate(files)}
-    keys = [_key(s.path, Path(root)) for s in split.samples]
+    keys = _file_names(split, root)
     missing = [k for k in keys if k not in rows]
     if missing:
         raise ValueError(

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from fmpn.checkpoint import Checkpoint
+from fmpn.checkpoint import Checkpoint, load_checkpoint
 from fmpn.classes import map_classes
 from fmpn.data import FaceDataset, Sample, SampleSet
 from fmpn.models import FMPN, class_probabilities
@@ -95,6 +95,15 @@ def predict(
         probs.append(p.float().cpu())
         labels.append(batch["label"])
     return torch.cat(probs), torch.cat(labels)
+
+
+def load_ensemble(paths: list[str]) -> list[Checkpoint]:
+    """Checkpoints whose probabilities are to be averaged: they must share their classes, in order."""
+    ckpts = [load_checkpoint(path) for path in paths]
+    for path, ckpt in zip(paths[1:], ckpts[1:], strict=True):
+        if ckpt.classes != ckpts[0].classes:
+            raise ValueError(f"{path} has classes {ckpt.classes}, {paths[0]} {ckpts[0].classes}: no ensemble")
+    return ckpts
 
 
 def ensemble_probabilities(
