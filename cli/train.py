@@ -90,7 +90,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     s2.add_argument(
         "--soft-weight",
         type=float,
-        default=0.5,
         metavar="W",
         help="with --soft-labels: class target = (1 - W) * label + W * teacher probabilities (default 0.5)",
     )
@@ -182,7 +181,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _configs(args, 1 if args.stage == "stage1" else 2)
     if cfg.stage == 2:
         cfg.init, cfg.ablation, cfg.select = args.init, args.ablation, args.select
-        cfg.soft_labels, cfg.soft_weight = args.soft_labels, args.soft_weight
+        if args.soft_weight is not None and args.soft_labels is None:
+            raise ValueError("--soft-weight weighs the teacher targets of --soft-labels FILE: pass both or neither")
+        cfg.soft_labels = args.soft_labels
+        if args.soft_weight is not None:
+            cfg.soft_weight = args.soft_weight
         cfg.init_parts = args.init_parts.split(",")
     result = train(cfg)
     print(f"model written to {result.checkpoint}")

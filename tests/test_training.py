@@ -366,6 +366,8 @@ def test_training_follows_the_teacher_targets(ckplus48, tmp_path, capsys) -> Non
     teach = ["--soft-labels", str(tmp_path / "anger.safetensors")]
     assert main([*args, *teach, "--soft-weight", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--soft-weight must be above 0 and at most 1" in capsys.readouterr().err
+    assert main([*args, "--soft-weight", "0.5", "--out", str(tmp_path / "no-teacher")]) == 2
+    assert "--soft-weight weighs the teacher targets of --soft-labels FILE" in capsys.readouterr().err
     assert main([*args, *teach, "--soft-weight", "1", "--out", str(tmp_path / "taught")]) == 0
     assert main([*args, "--out", str(tmp_path / "labels")]) == 0
     assert json.loads((tmp_path / "taught" / "config.json").read_text())["soft_weight"] == 1.0
