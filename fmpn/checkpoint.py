@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from fmpn.models.fmpn import FMPN, build_fmpn
 from fmpn.profiles import Profile
@@ -90,9 +90,21 @@ def save_checkpoint(
         "config": json.dumps(config or {}),
     }
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata=meta)
+    tmp.write_bytes(_sorted_header(save(state, metadata=meta)))
     tmp.replace(path)  # never leave a half-written checkpoint behind
     return path
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted. safetensors writes the metadata in hash
+    order, which changes from one process to the next, so the same weights got another checksum on each
+    ``fmpn release``; sorted, a release's sha256 is reproducible. Tensor offsets are relative to the data
+    section, so only the header is rewritten (padded with spaces to 8 bytes, as safetensors does)."""
+    size = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + size])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + blob[8 + size :]
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

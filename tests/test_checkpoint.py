@@ -65,6 +65,28 @@ def test_release_stores_float16_and_serves_the_file_it_evaluates(tmp_path) -> No
     assert torch.allclose(a[1], b[1], atol=1e-2)
 
 
+def test_release_is_byte_for_byte_reproducible(tmp_path) -> None:
+    """The same `fmpn release` run in two processes writes the same bytes, so the model card's sha256 can be
+    checked by anyone (safetensors alone writes its metadata in a per-process hash order)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    profile = CPU.replace(ngf=8)
+    src = save_checkpoint(tmp_path / "train.safetensors", build_fmpn(profile, 7), profile, list("abcdefg"))
+    digests = []
+    for run in range(2):
+        out = tmp_path / f"release{run}.safetensors"
+        code = f"from cli.main import main; raise SystemExit(main(['release', {str(src)!r}, '--out', {str(out)!r}]))"
+        assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+        assert load_file(str(out)).keys() == load_file(str(src)).keys()  # still a valid safetensors file
+    assert digests[0] == digests[1]
+
+
 def test_release_of_several_checkpoints_averages_their_weights(tmp_path, capsys) -> None:
     from cli.main import main as fmpn_main
 
