@@ -81,7 +81,8 @@ def test_release_is_byte_for_byte_reproducible(tmp_path) -> None:
     for run in range(2):
         out = tmp_path / f"release{run}.safetensors"
         code = f"from cli.main import main; raise SystemExit(main(['release', {str(src)!r}, '--out', {str(out)!r}]))"
-        assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
         assert load_file(str(out)).keys() == load_file(str(src)).keys()  # still a valid safetensors file
     assert digests[0] == digests[1]
