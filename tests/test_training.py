@@ -306,6 +306,36 @@ def test_mixup_option_trains_and_rejects_bad_values(ckplus48, tmp_path, capsys) 
     assert history and 0.0 < history[-1]["ce"] < 10.0
 
 
+def test_a_fold_is_scored_one_view_and_mirrored_from_one_forward_pass(fer2013, monkeypatch) -> None:
+    """`score_views` (each CV fold's test, `fmpn cv-ensemble`) runs the faces and their mirror images as one batch,
+    not the faces a second time, and scores each view as the service's `class_probabilities` does."""
+    from fmpn.data import SampleSet, folder_samples
+    from fmpn.models import FMPN, class_probabilities
+    from training.cv import score_views
+    from training.data import make_dataset
+    from training.evaluate import score
+
+    ckpt = load_checkpoint(ROOT / "weights" / "fmpn-cpu-fer2013.safetensors")
+    full = folder_samples(fer2013 / "val", ckpt.classes)
+    split = SampleSet(full.samples[::90], full.classes, [], [])  # 40 faces
+    dataset = make_dataset(split, ckpt.profile, None, train=False)
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    labels = torch.tensor([s.label for s in split.samples])
+    with torch.inference_mode():
+        model = ckpt.build_model().eval()
+        one_view, _ = class_probabilities(model, images)
+        mirrored, _ = class_probabilities(model, images, flip_average=True)
+    assert not torch.equal(one_view, mirrored)  # two views that differ: the test can tell them apart
+
+    batches: list[int] = []
+    forward = FMPN.forward
+    monkeypatch.setattr(FMPN, "forward", lambda self, rgb: batches.append(len(rgb)) or forward(self, rgb))
+    result = score_views([ckpt], split, torch.device("cpu"))
+    assert batches == [2 * len(split.samples)]
+    assert result["confusion"] == score(one_view, labels, split.classes).confusion
+    assert result["mirrored"]["confusion"] == score(mirrored, labels, split.classes).confusion
+
+
 def test_soft_labels_hold_the_teachers_mirrored_probabilities_by_file(fer2013, tmp_path, capsys) -> None:
     """`fmpn soft-labels` with the released model on real FER2013 faces: each row is that face's probabilities
     (face and mirror averaged), found again by file name whatever order the training set lists them in."""

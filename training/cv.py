@@ -17,7 +17,7 @@ from fmpn.checkpoint import Checkpoint, load_checkpoint
 from fmpn.data import SampleSet
 from training.config import TrainConfig
 from training.data import load_splits
-from training.evaluate import ensemble_probabilities, score
+from training.evaluate import ensemble_views, score
 from training.loop import train
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,9 @@ def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dic
 def score_views(checkpoints: list[Checkpoint], split: SampleSet, device: torch.device) -> dict:
     """The paper's one-view result, with the mirrored one (each face and its mirror image averaged, as the
     released model serves) under ``"mirrored"``: one test, both figures, no second run to compare them."""
-    one_view = score(*ensemble_probabilities(checkpoints, split, device, flip_average=False), list(split.classes))
-    mirrored = score(*ensemble_probabilities(checkpoints, split, device, flip_average=True), list(split.classes))
+    one_view_probs, mirrored_probs, labels = ensemble_views(checkpoints, split, device)
+    one_view = score(one_view_probs, labels, list(split.classes))
+    mirrored = score(mirrored_probs, labels, list(split.classes))
     result = one_view.to_dict()
     result["mirrored"] = {"accuracy": mirrored.accuracy, "confusion": mirrored.confusion}
     return result

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from fmpn.checkpoint import Checkpoint, load_checkpoint
 from fmpn.classes import map_classes
 from fmpn.data import FaceDataset, Sample, SampleSet
-from fmpn.models import FMPN, class_probabilities
+from fmpn.models import FMPN, view_probabilities
 from training.data import make_dataset
 
 
@@ -76,7 +76,6 @@ def evaluate(
     return score(probs, labels, list(dataset.classes), skipped_classes, skipped_images)
 
 
-@torch.inference_mode()
 def predict(
     model: FMPN,
     dataset: FaceDataset,
@@ -87,14 +86,31 @@ def predict(
 ) -> tuple[Tensor, Tensor]:
     """Class probabilities (N, K, float32 on the CPU) and labels (N) in the dataset's order, so that several
     models' probabilities on one dataset can be averaged (ensembles) before scoring."""
+    probs, mirrored, labels = predict_views(model, dataset, device, batch_size, amp, mirror=flip_average)
+    return (probs if mirrored is None else (probs + mirrored) / 2), labels
+
+
+@torch.inference_mode()
+def predict_views(
+    model: FMPN,
+    dataset: FaceDataset,
+    device: torch.device,
+    batch_size: int = 128,
+    amp: bool = False,
+    mirror: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """Probabilities of the faces as given, of their mirror images (``mirror``, else None) and the labels, as
+    ``fmpn.models.view_probabilities`` computes them for the service: one forward pass for both views."""
     model.eval()
-    probs, labels = [], []
+    probs, mirrored, labels = [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            p, _ = class_probabilities(model, batch["image"].to(device), flip_average)
-        probs.append(p.float().cpu())
+            p, m, _ = view_probabilities(model, batch["image"].to(device), mirror)
+        probs.append(p.cpu())
+        if m is not None:
+            mirrored.append(m.cpu())
         labels.append(batch["label"])
-    return torch.cat(probs), torch.cat(labels)
+    return torch.cat(probs), (torch.cat(mirrored) if mirror else None), torch.cat(labels)
 
 
 def load_ensemble(paths: list[str]) -> list[Checkpoint]:
@@ -125,6 +141,23 @@ def ensemble_probabilities(
     if total is None:
         raise ValueError("an ensemble needs at least one model")
     return total / len(checkpoints), labels
+
+
+def ensemble_views(
+    checkpoints: list[Checkpoint], split: SampleSet, device: torch.device, batch_size: int = 128, amp: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Several models' probabilities on ``split``, averaged, one view and mirrored (each face with its mirror
+    image): both from one forward pass of each face and its mirror per model."""
+    one_view = mirrored = labels = None
+    for ckpt in checkpoints:
+        dataset = make_dataset(split, ckpt.profile, None, train=False)
+        probs, flipped, labels = predict_views(ckpt.build_model().to(device), dataset, device, batch_size, amp, True)
+        both = (probs + flipped) / 2
+        one_view = probs if one_view is None else one_view + probs
+        mirrored = both if mirrored is None else mirrored + both
+    if one_view is None or mirrored is None or labels is None:
+        raise ValueError("an ensemble needs at least one model")
+    return one_view / len(checkpoints), mirrored / len(checkpoints), labels
 
 
 def score(

@@ -1,5 +1,5 @@
 from fmpn.models.classifier import build_classifier
-from fmpn.models.fmpn import FMPN, build_fmpn, class_probabilities, fmpn_cpu, fmpn_paper, to_gray
+from fmpn.models.fmpn import FMPN, build_fmpn, class_probabilities, fmpn_cpu, fmpn_paper, to_gray, view_probabilities
 from fmpn.models.fusion import PriorFusionNet
 from fmpn.models.generator import MotionMaskGenerator
 
@@ -13,4 +13,5 @@ __all__ = [
     "fmpn_cpu",
     "fmpn_paper",
     "to_gray",
+    "view_probabilities",
 ]

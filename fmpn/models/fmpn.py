@@ -42,6 +42,18 @@ class FMPN(nn.Module):
         return self.classifier(fused), mask
 
 
+def view_probabilities(model: FMPN, rgb: Tensor, mirror: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """Softmax probabilities (float32) of a batch of faces, those of their mirror images (``mirror``, else None)
+    from the same forward pass, and the faces' motion masks: one pass gives both the one-view and the mirrored
+    score (``training.cv.score_views``)."""
+    n = rgb.shape[0]
+    logits, mask = model(torch.cat([rgb, rgb.flip(-1)]) if mirror else rgb)
+    probs = torch.softmax(logits.float(), dim=1)
+    if not mirror:
+        return probs, None, mask
+    return probs[:n], probs[n:], None if mask is None else mask[:n]
+
+
 def class_probabilities(model: FMPN, rgb: Tensor, flip_average: bool = False) -> tuple[Tensor, Tensor | None]:
     """Softmax probabilities (float32) and motion masks of a batch of faces.
 
@@ -49,13 +61,8 @@ def class_probabilities(model: FMPN, rgb: Tensor, flip_average: bool = False) ->
     nets train with random flips, so both views are faces they know, and their errors partly cancel.
     The masks stay those of the faces as given.
     """
-    n = rgb.shape[0]
-    logits, mask = model(torch.cat([rgb, rgb.flip(-1)]) if flip_average else rgb)
-    probs = torch.softmax(logits.float(), dim=1)
-    if flip_average:
-        probs = (probs[:n] + probs[n:]) / 2
-        mask = None if mask is None else mask[:n]
-    return probs, mask
+    probs, mirrored, mask = view_probabilities(model, rgb, flip_average)
+    return (probs if mirrored is None else (probs + mirrored) / 2), mask
 
 
 def build_fmpn(profile: Profile, num_classes: int, backbone_weights: str | None = None) -> FMPN:
