@@ -148,16 +148,22 @@ def ensemble_views(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Several models' probabilities on ``split``, averaged, one view and mirrored (each face with its mirror
     image): both from one forward pass of each face and its mirror per model."""
-    one_view = mirrored = labels = None
-    for ckpt in checkpoints:
-        dataset = make_dataset(split, ckpt.profile, None, train=False)
-        probs, flipped, labels = predict_views(ckpt.build_model().to(device), dataset, device, batch_size, amp, True)
-        both = (probs + flipped) / 2
-        one_view = probs if one_view is None else one_view + probs
-        mirrored = both if mirrored is None else mirrored + both
-    if one_view is None or mirrored is None or labels is None:
+    if not checkpoints:
         raise ValueError("an ensemble needs at least one model")
-    return one_view / len(checkpoints), mirrored / len(checkpoints), labels
+    views = [
+        predict_views(
+            ckpt.build_model().to(device),
+            make_dataset(split, ckpt.profile, None, train=False),
+            device,
+            batch_size,
+            amp,
+            mirror=True,
+        )
+        for ckpt in checkpoints
+    ]
+    one_view = sum(probs for probs, _, _ in views) / len(views)
+    mirrored = sum((probs + flipped) / 2 for probs, flipped, _ in views if flipped is not None) / len(views)
+    return one_view, mirrored, views[0][2]
 
 
 def score(

@@ -45,7 +45,7 @@ class FMPN(nn.Module):
 def view_probabilities(model: FMPN, rgb: Tensor, mirror: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Softmax probabilities (float32) of a batch of faces, those of their mirror images (``mirror``, else None)
     from the same forward pass, and the faces' motion masks: one pass gives both the one-view and the mirrored
-    score (``training.cv.score_views``)."""
+    score of a test set."""
     n = rgb.shape[0]
     logits, mask = model(torch.cat([rgb, rgb.flip(-1)]) if mirror else rgb)
     probs = torch.softmax(logits.float(), dim=1)
