@@ -10,7 +10,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fmpn.precision import PRECISIONS
 
-DEFAULT_WEIGHTS = Path("weights/fmpn-cpu-fer2013.safetensors")
+WEIGHTS_FILE = "fmpn-cpu-fer2013.safetensors"
+
+
+def _default_weights() -> Path:
+    """The checkout's released file, wherever the command runs from (``fmpn predict`` in another folder);
+    an installed wheel carries no weights, so there the relative path stays and FMPN_WEIGHTS names the file."""
+    released = Path(__file__).resolve().parents[1] / "weights" / WEIGHTS_FILE
+    return released if released.is_file() else Path("weights") / WEIGHTS_FILE
+
+
+DEFAULT_WEIGHTS = _default_weights()
 
 
 class Settings(BaseSettings):

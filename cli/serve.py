@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)"
     )
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--weights", help="checkpoint (default: FMPN_WEIGHTS or weights/fmpn-cpu-fer2013.safetensors)")
+    serve.add_argument("--weights", help="checkpoint (default: FMPN_WEIGHTS or the checkout's released file)")
     serve.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     serve.add_argument("--max-batch", type=int, help="most images per model batch")
     serve.add_argument("--batch-wait-ms", type=float, help="longest wait to fill a batch")
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "JSON; several print the :batch JSON. Overlays go to OUT_DIR/<photo name>.overlay.png.",
     )
     predict.add_argument("photos", nargs="+", metavar="PHOTO", help="image files")
-    predict.add_argument("--weights", help="checkpoint (default: FMPN_WEIGHTS or weights/fmpn-cpu-fer2013.safetensors)")
+    predict.add_argument("--weights", help="checkpoint (default: FMPN_WEIGHTS or the checkout's released file)")
     predict.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
     predict.add_argument("--out-dir", default=".", help="where overlay PNGs go (default: the current folder)")
     predict.add_argument("--no-overlay", action="store_true", help="write no overlay PNG")

@@ -25,6 +25,7 @@ from test_app_helpers import (
 )
 
 from cli.main import main
+from fmpn.checkpoint import file_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +61,19 @@ def test_predict_several_photos_and_errors(fast_env, tmp_path, capsys) -> None:
     assert not list(tmp_path.glob("*.png"))
     assert main(["predict", str(tmp_path / "missing.jpg")]) == 2
     assert "no such photo" in capsys.readouterr().err
+
+
+def test_predict_uses_the_released_weights_from_any_folder(monkeypatch, tmp_path, capsys) -> None:
+    """A fresh clone predicts with its own weights even when the command runs outside the checkout."""
+    photo = require_data("photos", f"{PORTRAITS[1]}.jpg")
+    monkeypatch.delenv("FMPN_WEIGHTS", raising=False)
+    monkeypatch.setenv("FMPN_DETECT_MAX_SIDE", "640")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(photo), "--no-overlay", "--no-mask"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    released = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
+    assert body["model"]["version"] == file_sha256(released)[:12]
+    assert len(body["faces"]) == 1 and not list(tmp_path.iterdir())
 
 
 def test_serve_refuses_missing_weights_with_one_line(tmp_path, capsys) -> None:
