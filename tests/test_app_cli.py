@@ -17,6 +17,7 @@ import pytest
 from conftest import require_data
 from PIL import Image
 from test_app_helpers import (
+    DEFAULT_WEIGHTS,
     GROUP,
     PORTRAITS,
     checkpoint_path,
@@ -71,8 +72,7 @@ def test_predict_uses_the_released_weights_from_any_folder(monkeypatch, tmp_path
     monkeypatch.chdir(tmp_path)
     assert main(["predict", str(photo), "--no-overlay", "--no-mask"]) == 0
     body = json.loads(capsys.readouterr().out)
-    released = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
-    assert body["model"]["version"] == file_sha256(released)[:12]
+    assert body["model"]["version"] == file_sha256(DEFAULT_WEIGHTS)[:12]
     assert len(body["faces"]) == 1 and not list(tmp_path.iterdir())
 
 
