@@ -31,7 +31,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--niter", type=int, help="epochs at full learning rate (default: the profile's)")
     p.add_argument("--niter-decay", type=int, help="epochs of linear decay (default: the profile's)")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: the profile's); stage 2 and cv: the CN's and PFN's, the FMG keeps the profile's"
+        " fmg_lr; CK+ fine-tunes from a FER2013 model did best at 3e-4 (docs/results.md)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
