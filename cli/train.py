@@ -223,8 +223,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
         stage1 = copy.deepcopy(stage2)
         stage1.stage, stage1.niter, stage1.niter_decay = 1, args.stage1_niter, args.stage1_niter_decay
         stage1.lr = None
-    results = run_cv(stage1, stage2, parse_folds(args.folds), args.out)
-    _print_table(results)
+    folds = parse_folds(args.folds)
+    results = run_cv(stage1, stage2, folds, args.out)
+    if results:
+        _print_table(results)
+    if len(results) < len(folds):  # --stop-after paused a fold
+        print(f"{len(results)} of {len(folds)} folds finished; run the same command again to go on")
     return 0
 
 

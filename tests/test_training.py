@@ -96,6 +96,26 @@ def test_cv_runs_folds_resumes_and_prints_the_table(data, tmp_path) -> None:
     before = (tmp_path / "cv" / "fold_0" / "result.json").stat().st_mtime_ns
     run_cv(None, stage2, [0, 9], tmp_path / "cv")
     assert (tmp_path / "cv" / "fold_0" / "result.json").stat().st_mtime_ns == before
+    # A finished fold keeps its model (for cv-ensemble) but not its resume state (weights + Adam: ~130 MB a fold).
+    assert sorted(p.name for p in (tmp_path / "cv").glob("fold_*/stage2/*.safetensors")) == ["model.safetensors"] * 2
+    assert not list((tmp_path / "cv").glob("fold_*/**/last.pt"))
+
+
+def test_cv_stop_after_pauses_the_fold_and_a_second_call_finishes_it(ckplus48, tmp_path, capsys) -> None:
+    out = tmp_path / "cv"
+    args = ["cv", "--layout", "ckplus48", "--data", str(ckplus48), "--ablation", "--out", str(out), "--folds", "0,9"]
+    args += ["--limit", "32", "--niter", "1", "--niter-decay", "1", "--max-steps", "1"]
+    args += ["--no-progress", "--device", "cpu"]
+    assert main([*args, "--stop-after", "1"]) == 0
+    # One epoch of fold 0's two, then the call ends: nothing tested, nothing recorded, fold 9 not started.
+    assert "0 of 2 folds finished; run the same command again to go on" in capsys.readouterr().out
+    assert not (out / "fold_0" / "result.json").exists() and (out / "fold_0" / "stage2" / "last.pt").is_file()
+    assert not (out / "fold_9").exists()
+    assert main(args) == 0
+    assert "mean of folds:" in capsys.readouterr().out
+    history = json.loads((out / "fold_0" / "stage2" / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]  # resumed at epoch 2, not restarted
+    assert (out / "fold_9" / "result.json").is_file()
 
 
 def test_cv_ensemble_of_finished_runs(data, tmp_path, capsys) -> None:

@@ -45,6 +45,7 @@ class TrainResult:
     checkpoint: Path  # written by rank 0
     model: FMPN  # this rank's trained model
     history: list[dict]
+    finished: bool = True  # False: stopped by ``stop_after``; ``checkpoint`` is then last.pt, to resume from
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -193,7 +194,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     final = out / "model.safetensors"
     if end_epoch < schedule.epochs:  # stopped early on request: last.pt holds everything to go on
         distributed.teardown(info)
-        return TrainResult(state_path, model, history)
+        return TrainResult(state_path, model, history, finished=False)
     if info.is_main:
         if cfg.select == "val" and (out / "best.safetensors").is_file():
             (out / "best.safetensors").replace(final)
