@@ -7,9 +7,13 @@ path). Everything expensive is built once per process.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import io
+import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -60,6 +64,7 @@ def checkpoint_path() -> Path:
             if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
                 torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
     folder = Path(tempfile.mkdtemp(prefix="fmpn-test-ckpt-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # 45 MB a test process, left behind before
     return save_checkpoint(
         folder / "fmpn-random-cpu.safetensors", model.eval(), CPU, FER2013_CLASSES, config={"name": "random-cpu"}
     )
@@ -184,3 +189,12 @@ def metric_value(metrics_text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+def test_the_random_checkpoint_is_removed_when_its_process_exits() -> None:
+    code = "import test_app_helpers as h; print(h.checkpoint_path())"
+    tests = Path(__file__).parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=tests, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    path = Path(done.stdout.strip().splitlines()[-1])
+    assert path.name == "fmpn-random-cpu.safetensors" and not path.parent.exists()
