@@ -38,6 +38,7 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
         if stage1 is not None:
             first = train(_for_fold(stage1, fold, fold_dir / "stage1"))
             if not first.finished:
+                log.info("fold %d paused in stage 1; run the same command again to go on", fold)
                 break
             init = str(first.checkpoint)
         cfg2 = _for_fold(stage2, fold, fold_dir / "stage2")
@@ -51,9 +52,11 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
         result_path.write_text(json.dumps(result, indent=2))
         # Resume skips a fold with a result, so its optimizer state (~130 MB a fold, cpu profile) is dead weight.
         for state in fold_dir.glob("stage*/last.pt"):
-            state.unlink()
+            state.unlink(missing_ok=True)  # several ranks may get here
         log.info("fold %d: accuracy %.4f (%d images)", fold, result["accuracy"], result["n"])
         results.append(result)
+    if not results:  # paused before any fold finished: no table to write
+        return results
     summary = {
         "folds": results,
         "mean_accuracy": mean_accuracy(results),
