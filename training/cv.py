@@ -37,15 +37,13 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
         init = stage2.init
         if stage1 is not None:
             first = train(_for_fold(stage1, fold, fold_dir / "stage1"))
-            if not first.finished:
-                log.info("fold %d paused in stage 1; run the same command again to go on", fold)
+            if not first.finished:  # --stop-after: the same command resumes this fold from its last.pt
                 break
             init = str(first.checkpoint)
         cfg2 = _for_fold(stage2, fold, fold_dir / "stage2")
         cfg2.init = init
         second = train(cfg2)
-        if not second.finished:  # --stop-after: the same command resumes this fold from its last.pt
-            log.info("fold %d paused; run the same command again to go on", fold)
+        if not second.finished:
             break
         result = test_fold(second.checkpoint, cfg2)
         result.update(fold=fold, wall_s=round(time.perf_counter() - t0, 1))

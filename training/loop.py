@@ -193,6 +193,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     final = out / "model.safetensors"
     if end_epoch < schedule.epochs:  # stopped early on request: last.pt holds everything to go on
+        log.info("stopped after epoch %d of %d; the same command resumes from %s", end_epoch, schedule.epochs, out)
         distributed.teardown(info)
         return TrainResult(state_path, model, history, finished=False)
     if info.is_main:
