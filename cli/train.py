@@ -233,9 +233,12 @@ def cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _print_table(results: list[dict]) -> None:
-    from training.cv import format_table, mean_accuracy, mean_mirrored
+    from training.cv import format_pooled, format_table, mean_accuracy, mean_mirrored
 
     print(format_table(results))
+    print()
+    print(format_pooled(results))
+    print()
     print(f"mean of folds: {mean_accuracy(results):.4f}")
     mirrored = mean_mirrored(results)
     if mirrored is not None:

@@ -17,7 +17,7 @@ from fmpn.checkpoint import load_checkpoint
 from fmpn.models import build_fmpn
 from fmpn.profiles import CPU
 from training.config import DataConfig, TrainConfig
-from training.cv import ensemble_fold, format_table, run_cv
+from training.cv import ensemble_fold, format_table, pooled, run_cv
 from training.loop import train
 from training.schedule import linear_decay
 
@@ -90,6 +90,18 @@ def test_cv_runs_folds_resumes_and_prints_the_table(data, tmp_path) -> None:
     assert f"| mirrored | {results[0]['mirrored']['accuracy']:.3f} |" in table and f"**{mean_mirrored:.4f}**" in table
     summary = json.loads((tmp_path / "cv" / "results.json").read_text())
     assert summary["mean_accuracy_mirrored"] == pytest.approx(mean_mirrored)
+    # All folds' faces pooled: per-class counts that sum the folds' confusions, written beside the table.
+    both = pooled(results)
+    assert both.n == 78 + 111 and both.classes == results[0]["classes"]
+    assert both.confusion[2][3] == results[0]["confusion"][2][3] + results[1]["confusion"][2][3]
+    correct = sum(r["accuracy"] * r["n"] for r in results)
+    assert both.accuracy == pytest.approx(correct / both.n)
+    mirrored_both = pooled(results, mirrored=True)
+    row_0, row_9 = (r["mirrored"]["confusion"][4] for r in results)
+    assert mirrored_both.confusion[4] == [a + b for a, b in zip(row_0, row_9, strict=True)]
+    written = (tmp_path / "cv" / "table.md").read_text()
+    assert "all folds pooled, one view: accuracy" in written and "all folds pooled, mirrored" in written
+    assert both.format() in written
     # Folds tested before the mirrored figure existed have none: the table then shows the one-view rows only.
     assert "mirrored" not in format_table([{k: v for k, v in r.items() if k != "mirrored"} for r in results])
     # A second call finds both folds done and trains nothing.

@@ -17,7 +17,7 @@ from fmpn.checkpoint import Checkpoint, load_checkpoint
 from fmpn.data import SampleSet
 from training.config import TrainConfig
 from training.data import load_splits
-from training.evaluate import ensemble_views, score
+from training.evaluate import EvalResult, ensemble_views, from_confusion, score
 from training.loop import train
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
         "mean_accuracy_mirrored": mean_mirrored(results),
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "table.md").write_text(format_table(results) + "\n")
+    (out / "table.md").write_text(format_table(results) + "\n\n" + format_pooled(results) + "\n")
     return results
 
 
@@ -141,3 +141,20 @@ def format_table(results: list[dict]) -> str:
         per_fold = " | ".join(f"{r['mirrored']['accuracy']:.3f}" for r in results)
         rows.append(f"| mirrored | {per_fold} | **{mirrored:.4f}** |")
     return "\n".join(rows)
+
+
+def pooled(results: list[dict], mirrored: bool = False) -> EvalResult:
+    """Every fold's test faces counted together: which classes the folds' errors fall on (the paper's metric
+    stays the mean of folds; this is for reading the errors, not for ranking runs)."""
+    confusions = [r["mirrored"]["confusion"] if mirrored else r["confusion"] for r in results]
+    k = len(results[0]["classes"])
+    total = [[sum(c[i][j] for c in confusions) for j in range(k)] for i in range(k)]
+    return from_confusion(total, results[0]["classes"])
+
+
+def format_pooled(results: list[dict]) -> str:
+    """Per-class recall and confusion of all folds pooled, one view and (where every fold has it) mirrored."""
+    parts = [f"all folds pooled, one view: {pooled(results).format()}"]
+    if mean_mirrored(results) is not None:
+        parts.append(f"all folds pooled, mirrored: {pooled(results, mirrored=True).format()}")
+    return "\n\n".join(parts)

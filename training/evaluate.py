@@ -175,15 +175,25 @@ def score(
 ) -> EvalResult:
     k = len(classes)
     confusion = torch.bincount(labels * k + probs.argmax(1), minlength=k * k).view(k, k)
-    n = int(confusion.sum())
-    support = confusion.sum(1)
-    recall = [None if support[i] == 0 else float(confusion[i, i] / support[i]) for i in range(k)]
+    return from_confusion(confusion.tolist(), classes, skipped_classes, skipped_images)
+
+
+def from_confusion(
+    confusion: list[list[int]],
+    classes: list[str],
+    skipped_classes: list[str] | None = None,
+    skipped_images: int = 0,
+) -> EvalResult:
+    """Accuracy and recall from counts alone, so that per-fold confusions can be summed and scored again."""
+    k = len(classes)
+    n = sum(map(sum, confusion))
+    recall = [None if sum(confusion[i]) == 0 else confusion[i][i] / sum(confusion[i]) for i in range(k)]
     return EvalResult(
         classes=list(classes),
         n=n,
-        accuracy=float(confusion.diag().sum() / max(n, 1)),
+        accuracy=sum(confusion[i][i] for i in range(k)) / max(n, 1),
         per_class_recall=recall,
-        confusion=confusion.tolist(),
+        confusion=[list(row) for row in confusion],
         skipped_classes=skipped_classes or [],
         skipped_images=skipped_images,
     )
