@@ -246,10 +246,12 @@ def _print_table(results: list[dict]) -> None:
 
 
 def cmd_cv_ensemble(args: argparse.Namespace) -> int:
-    from training.cv import ensemble_fold
+    from training.cv import ensemble_fold, format_wrong
 
     results = [ensemble_fold(args.runs, fold, args.device) for fold in parse_folds(args.folds)]
     _print_table(results)
+    print()
+    print(format_wrong(results))
     return 0
 
 

@@ -102,6 +102,15 @@ def test_cv_runs_folds_resumes_and_prints_the_table(data, tmp_path) -> None:
     written = (tmp_path / "cv" / "table.md").read_text()
     assert "all folds pooled, one view: accuracy" in written and "all folds pooled, mirrored" in written
     assert both.format() in written
+    # Every face wrong in either view is listed by file, with what each view predicted.
+    for r in results:
+        wrong_one_view = [w for w in r["wrong"] if w["one_view"] != w["label"]]
+        assert len(wrong_one_view) == r["n"] - round(r["accuracy"] * r["n"])
+        wrong_mirrored = [w for w in r["wrong"] if w["mirrored"] != w["label"]]
+        assert len(wrong_mirrored) == r["n"] - round(r["mirrored"]["accuracy"] * r["n"])
+        assert all(Path(w["file"]).is_file() and w["label"] in r["classes"] for w in r["wrong"])
+    fold, first = next((r["fold"], r["wrong"][0]) for r in results if r["wrong"])  # 1-step models: some wrong
+    assert f"  {fold}  {first['file']}  {first['label']}  {first['one_view']} {first['p_one_view']:.2f}" in written
     # Folds tested before the mirrored figure existed have none: the table then shows the one-view rows only.
     assert "mirrored" not in format_table([{k: v for k, v in r.items() if k != "mirrored"} for r in results])
     # A second call finds both folds done and trains nothing.
@@ -141,6 +150,9 @@ def test_cv_ensemble_of_finished_runs(data, tmp_path, capsys) -> None:
     assert main(["cv-ensemble", str(cv), str(cv), "--folds", "0,9"]) == 0
     printed = capsys.readouterr().out
     assert "| fold | 0 | 9 | mean |" in printed and "| mirrored |" in printed and "mean of folds, mirrored" in printed
+    assert [r["wrong"] for r in ensembled] == [r["wrong"] for r in results]
+    assert "all folds pooled, one view" in printed and "faces wrong one view or mirrored" in printed
+    assert all(w["file"] in printed for r in results for w in r["wrong"])
     # A fold that never finished, and a "fold 9" that tested fold 0's images, are refused by name.
     with pytest.raises(FileNotFoundError, match="fold 5 of"):
         ensemble_fold([cv], 5)

@@ -61,7 +61,8 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
         "mean_accuracy_mirrored": mean_mirrored(results),
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "table.md").write_text(format_table(results) + "\n\n" + format_pooled(results) + "\n")
+    report = [format_table(results), format_pooled(results), format_wrong(results)]
+    (out / "table.md").write_text("\n\n".join(report) + "\n")
     return results
 
 
@@ -111,7 +112,27 @@ def score_views(checkpoints: list[Checkpoint], split: SampleSet, device: torch.d
     mirrored = score(mirrored_probs, labels, list(split.classes))
     result = one_view.to_dict()
     result["mirrored"] = {"accuracy": mirrored.accuracy, "confusion": mirrored.confusion}
+    result["wrong"] = wrong_faces(split, one_view_probs, mirrored_probs, labels)
     return result
+
+
+def wrong_faces(split: SampleSet, one_view: torch.Tensor, mirrored: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+    """Each test face that either view gets wrong, by file: what a reader opens to see why a fold is low."""
+    classes = split.classes
+    first, second = one_view.argmax(1), mirrored.argmax(1)
+    out = []
+    for i in torch.nonzero((first != labels) | (second != labels)).flatten().tolist():
+        out.append(
+            {
+                "file": str(split.samples[i].path),
+                "label": classes[int(labels[i])],
+                "one_view": classes[int(first[i])],
+                "p_one_view": round(float(one_view[i, first[i]]), 3),
+                "mirrored": classes[int(second[i])],
+                "p_mirrored": round(float(mirrored[i, second[i]]), 3),
+            }
+        )
+    return out
 
 
 def mean_accuracy(results: list[dict]) -> float:
@@ -158,3 +179,17 @@ def format_pooled(results: list[dict]) -> str:
     if mean_mirrored(results) is not None:
         parts.append(f"all folds pooled, mirrored: {pooled(results, mirrored=True).format()}")
     return "\n\n".join(parts)
+
+
+def format_wrong(results: list[dict]) -> str:
+    """The faces wrong in either view, fold by fold (folds tested before the list existed have none)."""
+    lines = ["faces wrong one view or mirrored (fold, file, label, one view p, mirrored p):"]
+    for r in results:
+        for w in r.get("wrong", []):
+            lines.append(
+                f"  {r['fold']}  {w['file']}  {w['label']}  {w['one_view']} {w['p_one_view']:.2f}"
+                f"  {w['mirrored']} {w['p_mirrored']:.2f}"
+            )
+    if len(lines) == 1:
+        lines.append("  none")
+    return "\n".join(lines)
