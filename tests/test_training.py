@@ -17,7 +17,7 @@ from fmpn.checkpoint import load_checkpoint
 from fmpn.models import build_fmpn
 from fmpn.profiles import CPU
 from training.config import DataConfig, TrainConfig
-from training.cv import ensemble_fold, format_table, pooled, run_cv
+from training.cv import ensemble_fold, format_table, format_wrong, pooled, run_cv
 from training.loop import train
 from training.schedule import linear_decay
 
@@ -111,6 +111,8 @@ def test_cv_runs_folds_resumes_and_prints_the_table(data, tmp_path) -> None:
         assert all(Path(w["file"]).is_file() and w["label"] in r["classes"] for w in r["wrong"])
     fold, first = next((r["fold"], r["wrong"][0]) for r in results if r["wrong"])  # 1-step models: some wrong
     assert f"  {fold}  {first['file']}  {first['label']}  {first['one_view']} {first['p_one_view']:.2f}" in written
+    old = [{k: v for k, v in r.items() if k != "wrong"} for r in results]  # tested before the list was kept
+    assert "folds 0, 9: tested before the list was kept" in format_wrong(old) and "none" not in format_wrong(old)
     # Folds tested before the mirrored figure existed have none: the table then shows the one-view rows only.
     assert "mirrored" not in format_table([{k: v for k, v in r.items() if k != "mirrored"} for r in results])
     # A second call finds both folds done and trains nothing.

@@ -184,6 +184,10 @@ def format_pooled(results: list[dict]) -> str:
 def format_wrong(results: list[dict]) -> str:
     """The faces wrong in either view, fold by fold (folds tested before the list existed have none)."""
     lines = ["faces wrong one view or mirrored (fold, file, label, one view p, mirrored p):"]
+    unlisted = [str(r["fold"]) for r in results if "wrong" not in r]
+    if unlisted:
+        folds = ", ".join(unlisted)
+        lines.append(f"  (folds {folds}: tested before the list was kept; `fmpn cv-ensemble RUN` lists them)")
     for r in results:
         for w in r.get("wrong", []):
             lines.append(
@@ -191,5 +195,5 @@ def format_wrong(results: list[dict]) -> str:
                 f"  {w['mirrored']} {w['p_mirrored']:.2f}"
             )
     if len(lines) == 1:
-        lines.append("  none")
+        lines.append("  none: every face right in both views")
     return "\n".join(lines)
