@@ -1,6 +1,8 @@
 """``fmpn evaluate CHECKPOINT [CHECKPOINT ...] --data ...``: accuracy, per-class recall, confusion matrix.
 
-Several checkpoints are scored as an ensemble: their class probabilities averaged per face.
+Several checkpoints are scored as an ensemble: their class probabilities averaged per face. ``--detect``
+scores the service's own path instead (detector + alignment on whole images), since a model that is
+right on the dataset's crops can still be wrong on the crops the service makes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="float32",
         help="float32 (default: the model card's figures) or bf16 autocast (the service's default on CPUs with bf16)",
     )
+    p.add_argument(
+        "--detect",
+        action="store_true",
+        help="the service's path: find each image's face (MTCNN) and align it, instead of resizing the image; "
+        "images with no face found count as wrong (one checkpoint)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -40,7 +48,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from fmpn.data import ckplus48_samples, fmpn_samples, folder_samples
-    from training.evaluate import ensemble_probabilities, load_ensemble, remap, score
+    from training.evaluate import detect_probabilities, ensemble_probabilities, load_ensemble, remap, score
 
     ckpts = load_ensemble(args.checkpoints)
     if args.layout == "folder":
@@ -52,10 +60,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         split = fmpn_samples(args.data, args.split + name, args.dataset, args.images)
     split, skipped, dropped = remap(split, ckpts[0].classes)
     device = torch.device(args.device)
-    probs, labels = ensemble_probabilities(
-        ckpts, split, device, args.batch_size, args.flip_average, amp=args.precision == "bfloat16"
-    )
-    result = score(probs, labels, list(split.classes), skipped, dropped)
+    found = None
+    if args.detect:
+        if len(ckpts) > 1:
+            raise ValueError(f"--detect scores one checkpoint, got {len(ckpts)}")
+        probs, labels, found = detect_probabilities(
+            args.checkpoints[0], split, device, args.precision, args.flip_average
+        )
+    else:
+        probs, labels = ensemble_probabilities(
+            ckpts, split, device, args.batch_size, args.flip_average, amp=args.precision == "bfloat16"
+        )
+    result = score(probs, labels, list(split.classes), skipped, dropped, found)
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.format())
     return 0
 

@@ -112,7 +112,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_args(cv)
     cv.add_argument("--folds", default="0-9", help="e.g. 0-9 or 0,3,5")
     cv.add_argument("--ablation", action="store_true", help="the classifier alone (stage 2 only, no prior)")
-    cv.add_argument("--pretrained", help="start stage 2 of each fold from this checkpoint (e.g. FER2013), no stage 1")
+    cv.add_argument(
+        "--pretrained",
+        help="start stage 2 of each fold from this checkpoint (e.g. FER2013), no stage 1; {fold} is replaced by the "
+        "fold, to go on from each fold's model of an earlier run",
+    )
     cv.add_argument("--stage1-niter", type=int, help="stage-1 epochs at full lr (default: the profile's)")
     cv.add_argument("--stage1-niter-decay", type=int)
     cv.set_defaults(func=cmd_cv)

@@ -44,3 +44,44 @@ def test_evaluate_in_bf16_reproduces_the_model_card(fer2013, capsys) -> None:
     assert n == int(claimed.group(3))
     # Emulated bf16 (CPUs without the instructions) may round differently: a face or two.
     assert abs(right - int(claimed.group(2))) <= (0 if cpu_has_native_bf16() else 3)
+
+
+def test_evaluate_detect_scores_the_services_path_from_whole_images(data_dir, tmp_path, capsys) -> None:
+    """``--detect``: each image through MTCNN and alignment, as the service does; no face found counts wrong."""
+    import json
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from fmpn.inference import Predictor, load_image_file
+
+    pairs = data_dir / "ckplus-neutral-peak"
+    for folder, name in (("happiness", "happy"), ("surprise", "surprise"), ("neutral", "neutral")):
+        (tmp_path / name).mkdir()
+        for path in sorted((pairs / folder).glob("S0[1-5]*_00000*.png"))[:3]:  # 128 px face crops with context
+            shutil.copy(path, tmp_path / name / path.name)
+    Image.new("RGB", (128, 128), (128, 128, 128)).save(tmp_path / "neutral" / "blank.png")  # no face in it
+    assert fmpn_main(["evaluate", str(WEIGHTS), "--data", str(tmp_path), "--detect", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # What the service's own predictor finds and says for the same files, image by image.
+    predictor = Predictor(WEIGHTS, "cpu", precision="float32", max_faces=1)
+    k = len(result["classes"])
+    confusion, no_face = np.zeros((k, k), dtype=int), np.zeros(k, dtype=int)
+    for path in sorted(tmp_path.glob("*/*.png")):
+        label = result["classes"].index(path.parent.name)
+        faces = predictor.predict([load_image_file(path).rgb])[0].faces
+        if faces:
+            confusion[label, int(np.argmax(faces[0].probabilities))] += 1
+        else:
+            no_face[label] += 1
+    assert result["n"] == 10 and result["confusion"] == confusion.tolist() and result["no_face"] == no_face.tolist()
+    neutral = result["classes"].index("neutral")
+    assert no_face[neutral] >= 1 and no_face.sum() < 5  # the blank image; the real faces are found
+    assert result["accuracy"] == np.trace(confusion) / 10  # the blank counts wrong, not skipped
+    assert result["per_class_recall"][neutral] == confusion[neutral, neutral] / 4
+    assert fmpn_main(["evaluate", str(WEIGHTS), "--data", str(tmp_path), "--detect"]) == 0
+    assert f"no face found in {no_face.sum()} of 10 images (counted wrong" in capsys.readouterr().out
+    # One checkpoint at a time: an ensemble has no single template to align faces to.
+    assert fmpn_main(["evaluate", str(WEIGHTS), str(WEIGHTS), "--data", str(tmp_path), "--detect"]) == 2
+    assert "--detect scores one checkpoint, got 2" in capsys.readouterr().err

@@ -164,6 +164,22 @@ def test_cv_ensemble_of_finished_runs(data, tmp_path, capsys) -> None:
         ensemble_fold([cv, tmp_path / "mixed"], 9)
 
 
+def test_cv_pretrained_fold_template_starts_each_fold_from_its_own_model(data, tmp_path) -> None:
+    """``{fold}`` in the start checkpoint: each fold goes on from that fold's model of an earlier run (a tail)."""
+    first = tmp_path / "first"
+    run_cv(None, config(data, tmp_path, stage=2, niter=2, max_steps=1, ablation=True), [0, 9], first)  # lr > 0
+    start = str(first / "fold_{fold}" / "stage2" / "model.safetensors")
+    tail = config(data, tmp_path, stage=2, niter=1, max_steps=1, ablation=True, lr=1e-12, init=start)
+    tail.init_parts = ["classifier"]
+    run_cv(None, tail, [0, 9], tmp_path / "tail")
+    key = "classifier.fc.weight"
+    own = {f: load_checkpoint(first / f"fold_{f}" / "stage2" / "model.safetensors").state_dict[key] for f in (0, 9)}
+    for fold, other in ((0, 9), (9, 0)):
+        went_on = load_checkpoint(tmp_path / "tail" / f"fold_{fold}" / "stage2" / "model.safetensors").state_dict[key]
+        assert torch.allclose(went_on, own[fold], atol=1e-6)  # a step at lr 1e-12 from its own fold's model
+        assert not torch.allclose(went_on, own[other], atol=1e-6)
+
+
 def test_two_process_ddp_step_leaves_identical_weights(ckplus48, fmpn_original, tmp_path) -> None:
     masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -34,7 +34,7 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
             results.append(json.loads(result_path.read_text()))
             continue
         t0 = time.perf_counter()
-        init = stage2.init
+        init = stage2.init.replace("{fold}", str(fold)) if stage2.init else None  # per-fold start, as --masks
         if stage1 is not None:
             first = train(_for_fold(stage1, fold, fold_dir / "stage1"))
             if not first.finished:  # --stop-after: the same command resumes this fold from its last.pt

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor
@@ -24,6 +24,8 @@ class EvalResult:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     skipped_classes: list[str]  # dataset classes the model does not know
     skipped_images: int
+    # ``--detect``: per true class, images in which no face was found (counted wrong; not in ``confusion``)
+    no_face: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -31,17 +33,28 @@ class EvalResult:
     def format(self) -> str:
         width = max(len(c) for c in self.classes)
         lines = [f"accuracy {self.accuracy:.4f} ({round(self.accuracy * self.n)}/{self.n})", "", "per-class recall:"]
-        for name, recall, row in zip(self.classes, self.per_class_recall, self.confusion, strict=True):
+        missing = self.no_face or [0] * len(self.classes)
+        for name, recall, row, none in zip(self.classes, self.per_class_recall, self.confusion, missing, strict=True):
             shown = "   -  " if recall is None else f"{recall:.4f}"
-            lines.append(f"  {name:<{width}}  {shown}  (n={sum(row)})")
+            lines.append(f"  {name:<{width}}  {shown}  (n={sum(row) + none})")
+        missed = sum(self.no_face)
+        if missed:
+            found = self.n - missed
+            right = sum(self.confusion[i][i] for i in range(len(self.classes)))
+            lines += [
+                "",
+                f"no face found in {missed} of {self.n} images (counted wrong, column 'none');"
+                f" on the {found} with a face: accuracy {right / max(found, 1):.4f} ({right}/{found})",
+            ]
+        extra = [self.no_face] if missed else []
         lines += [
             "",
             "confusion (rows true, columns predicted):",
-            " " * (width + 2) + " ".join(c[:5].rjust(5) for c in self.classes),
+            " " * (width + 2) + " ".join(c[:5].rjust(5) for c in [*self.classes, *(["none"] if missed else [])]),
         ]
         lines += [
-            f"  {name:<{width}}" + " ".join(f"{v:5d}" for v in row)
-            for name, row in zip(self.classes, self.confusion, strict=True)
+            f"  {name:<{width}}" + " ".join(f"{v:5d}" for v in [*row, *(e[i] for e in extra)])
+            for i, (name, row) in enumerate(zip(self.classes, self.confusion, strict=True))
         ]
         if self.skipped_classes:
             lines.append(
@@ -172,10 +185,40 @@ def score(
     classes: list[str],
     skipped_classes: list[str] | None = None,
     skipped_images: int = 0,
+    found: Tensor | None = None,
 ) -> EvalResult:
+    """``found`` (``--detect``): False where no face was found in the image; those count as wrong."""
     k = len(classes)
-    confusion = torch.bincount(labels * k + probs.argmax(1), minlength=k * k).view(k, k)
-    return from_confusion(confusion.tolist(), classes, skipped_classes, skipped_images)
+    if found is None:
+        found = torch.ones(len(labels), dtype=torch.bool)
+    seen, missed = labels[found], labels[~found]
+    confusion = torch.bincount(seen * k + probs[found].argmax(1), minlength=k * k).view(k, k)
+    no_face = torch.bincount(missed, minlength=k).tolist()
+    return from_confusion(confusion.tolist(), classes, skipped_classes, skipped_images, no_face)
+
+
+def detect_probabilities(
+    checkpoint: str, split: SampleSet, device: torch.device, precision: str, flip_average: bool | None, chunk: int = 32
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The service's path from whole images: decode, MTCNN, 5-point alignment onto the checkpoint's template,
+    the model. Each image's largest face is scored; ``found`` is False where none was found.
+
+    This measures what a user gets from a photo, where the crop comes from the detector, not from the dataset.
+    """
+    from fmpn.inference import Predictor, load_image_file  # MTCNN is loaded only for --detect
+
+    predictor = Predictor(checkpoint, device, precision=precision, max_faces=1, flip_average=flip_average)
+    probs = torch.zeros(len(split.samples), len(predictor.classes), dtype=torch.float64)
+    found = torch.zeros(len(split.samples), dtype=torch.bool)
+    for start in range(0, len(split.samples), chunk):
+        batch = split.samples[start : start + chunk]
+        images = [load_image_file(s.path).rgb for s in batch]
+        for i, result in enumerate(predictor.predict(images), start=start):
+            if result.faces:
+                probs[i] = torch.from_numpy(result.faces[0].probabilities)
+                found[i] = True
+    labels = torch.tensor([s.label for s in split.samples], dtype=torch.long)
+    return probs, labels, found
 
 
 def from_confusion(
@@ -183,11 +226,15 @@ def from_confusion(
     classes: list[str],
     skipped_classes: list[str] | None = None,
     skipped_images: int = 0,
+    no_face: list[int] | None = None,
 ) -> EvalResult:
-    """Accuracy and recall from counts alone, so that per-fold confusions can be summed and scored again."""
+    """Accuracy and recall from counts alone, so that per-fold confusions can be summed and scored again.
+    ``no_face``: per class, images without a face found (``--detect``), which count as wrong."""
     k = len(classes)
-    n = sum(map(sum, confusion))
-    recall = [None if sum(confusion[i]) == 0 else confusion[i][i] / sum(confusion[i]) for i in range(k)]
+    missed = list(no_face) if no_face else [0] * k
+    totals = [sum(confusion[i]) + missed[i] for i in range(k)]
+    n = sum(totals)
+    recall = [None if totals[i] == 0 else confusion[i][i] / totals[i] for i in range(k)]
     return EvalResult(
         classes=list(classes),
         n=n,
@@ -196,4 +243,5 @@ def from_confusion(
         confusion=[list(row) for row in confusion],
         skipped_classes=skipped_classes or [],
         skipped_images=skipped_images,
+        no_face=missed if any(missed) else [],
     )
