@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order they appear in --help.
-COMMAND_MODULES = ("cli.train", "cli.evaluate", "cli.masks", "cli.export", "cli.serve")
+COMMAND_MODULES = ("cli.train", "cli.evaluate", "cli.crops", "cli.masks", "cli.export", "cli.serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

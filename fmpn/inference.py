@@ -331,6 +331,13 @@ class Predictor:
 
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One face -> (centre-cropped (S, S, 3) uint8 crop, 2x3 image -> load_size crop matrix)."""
+        crop, matrix = self.align_load_size(image, landmarks)
+        o, s = self.crop_offset, self.profile.image_size
+        return np.ascontiguousarray(crop[o : o + s, o : o + s]), matrix
+
+    def align_load_size(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One face -> (the whole (L, L, 3) aligned crop before the centre crop, its 2x3 matrix): what
+        ``fmpn crops`` writes, so that training draws its random crops from the service's framing."""
         size = self.profile.load_size
         lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
         direct = similarity_transform(lm, np.asarray(self.template, dtype=np.float64) * size)
@@ -340,8 +347,7 @@ class Predictor:
             crop, matrix = self._align_antialiased(image, lm, direct, scale)
         if crop is None:
             crop, matrix = align_face(image, lm, size, self.template)
-        o, s = self.crop_offset, self.profile.image_size
-        return np.ascontiguousarray(crop[o : o + s, o : o + s]), matrix
+        return crop, matrix
 
     def _align_antialiased(
         self, image: np.ndarray, lm: np.ndarray, direct: np.ndarray, scale: float

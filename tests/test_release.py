@@ -85,3 +85,38 @@ def test_evaluate_detect_scores_the_services_path_from_whole_images(data_dir, tm
     # One checkpoint at a time: an ensemble has no single template to align faces to.
     assert fmpn_main(["evaluate", str(WEIGHTS), str(WEIGHTS), "--data", str(tmp_path), "--detect"]) == 2
     assert "--detect scores one checkpoint, got 2" in capsys.readouterr().err
+
+
+def test_crops_writes_the_services_crops_that_evaluate_scores_alike(fer2013, tmp_path, capsys) -> None:
+    """``fmpn crops``: each image's face as the service crops it; scoring the written folder directly gives
+    the service path's predictions (``--detect``) face for face."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    source = tmp_path / "in"
+    for name in ("happy", "surprise"):
+        (source / name).mkdir(parents=True)
+        for path in sorted((fer2013 / "val" / name).glob("*.jpg"))[:12]:
+            shutil.copy(path, source / name / path.name)
+    out = tmp_path / "out"
+    assert fmpn_main(["crops", str(WEIGHTS), "--data", str(source), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    written = sorted(out.glob("*/*.png"))
+    no_face = (out / "no_face.txt").read_text().split()
+    assert len(written) + len(no_face) == 24 and 12 <= len(written)  # most 48 px faces are found (83 % on val)
+    assert f"wrote {len(written)} of 24 images; no face found in {len(no_face)}" in printed
+    load_size = load_checkpoint(WEIGHTS).profile.load_size
+    assert {Image.open(p).size for p in written} == {(load_size, load_size)}
+    assert {Image.open(p).mode for p in written} == {"L"}  # FER2013 is grey, and stays grey
+    assert all((source / p).is_file() and not (out / p).with_suffix(".png").exists() for p in no_face)
+    assert fmpn_main(["evaluate", str(WEIGHTS), "--data", str(out), "--json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert fmpn_main(["evaluate", str(WEIGHTS), "--data", str(source), "--detect", "--json"]) == 0
+    service = json.loads(capsys.readouterr().out)
+    assert direct["confusion"] == service["confusion"] and sum(service["no_face"]) == len(no_face)
+    # Resumable: a second call keeps what is written.
+    before = written[0].stat().st_mtime_ns
+    assert fmpn_main(["crops", str(WEIGHTS), "--data", str(source), "--out", str(out)]) == 0
+    assert written[0].stat().st_mtime_ns == before
