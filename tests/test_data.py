@@ -151,6 +151,23 @@ def test_evaluate_cli_maps_classes_by_name_and_reports_skips(ckplus48, tmp_path,
     assert "--fold" in capsys.readouterr().err
 
 
+def test_cli_stops_quietly_when_its_reader_goes_away(ckplus48) -> None:
+    """`fmpn evaluate ... | head -1`: the reader closes the pipe early; no traceback, the usual SIGPIPE status."""
+    import subprocess
+    import sys
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "fmpn-cpu-fer2013.safetensors"
+    args = ["evaluate", str(weights), "--layout", "ckplus48", "--data", str(ckplus48), "--fold", "0", "--json"]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", *args], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
 def _fixed_output(probs: list[float]) -> torch.nn.Module:
     """A model that gives every face the same class probabilities: classifier weights 0, bias log(p)."""
     model = build_fmpn(CPU, len(probs))
