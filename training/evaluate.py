@@ -46,15 +46,16 @@ class EvalResult:
                 f"no face found in {missed} of {self.n} images (counted wrong, column 'none');"
                 f" on the {found} with a face: accuracy {right / max(found, 1):.4f} ({right}/{found})",
             ]
-        extra = [self.no_face] if missed else []
+        columns = [*self.classes, "none"] if missed else self.classes
+        rows = [[*row, none] if missed else row for row, none in zip(self.confusion, missing, strict=True)]
         lines += [
             "",
             "confusion (rows true, columns predicted):",
-            " " * (width + 2) + " ".join(c[:5].rjust(5) for c in [*self.classes, *(["none"] if missed else [])]),
+            " " * (width + 2) + " ".join(c[:5].rjust(5) for c in columns),
         ]
         lines += [
-            f"  {name:<{width}}" + " ".join(f"{v:5d}" for v in [*row, *(e[i] for e in extra)])
-            for i, (name, row) in enumerate(zip(self.classes, self.confusion, strict=True))
+            f"  {name:<{width}}" + " ".join(f"{v:5d}" for v in row)
+            for name, row in zip(self.classes, rows, strict=True)
         ]
         if self.skipped_classes:
             lines.append(
