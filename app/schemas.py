@@ -11,6 +11,9 @@ from pydantic import BaseModel, Field
 
 from fmpn.inference import LANDMARK_NAMES, FacePrediction, ImagePrediction
 
+# detect=false classifies the centre square of the image; wider or taller than this gets a warning.
+SQUARE_ENOUGH = 1.2
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(description="stable machine-readable reason, e.g. too_many_pixels")
@@ -52,8 +55,8 @@ class MaskImage(BaseModel):
 class FaceResult(BaseModel):
     index: int = Field(description="0-based, faces ordered largest first")
     box: Box = Field(description="face box in image pixels (after EXIF rotation)")
-    score: float = Field(description="detection score")
-    landmarks: Landmarks
+    score: float | None = Field(description="detection score; null when the image was classified whole (detect=false)")
+    landmarks: Landmarks | None = Field(description="MTCNN's five points; null when detect=false")
     label: str = Field(description="the most probable class")
     label_score: float = Field(description="its probability")
     probabilities: dict[str, float] = Field(description="every class, in the model's order; sums to 1")
@@ -79,6 +82,9 @@ class PredictionResponse(BaseModel):
     faces: list[FaceResult]
     faces_detected: int = Field(description="faces found; more than len(faces) when the max_faces limit applied")
     faces_truncated: bool
+    detected: bool = Field(
+        True, description="false: detect=false, the whole image was classified as one face crop (box = the image)"
+    )
     warnings: list[str] = Field(default_factory=list)
     overlay_url: str | None = None
     expires_at: float | None = Field(None, description="unix time after which the result is gone")
@@ -147,14 +153,17 @@ def face_result(
     if include_mask:
         h, w = face.mask.shape[:2]
         mask = MaskImage(width=w, height=h, data=base64.b64encode(mask_png(face.mask)).decode("ascii"))
-    pts = np.asarray(face.landmarks, dtype=float).reshape(5, 2)
+    landmarks = None
+    if face.landmarks is not None:
+        pts = np.asarray(face.landmarks, dtype=float).reshape(5, 2)
+        landmarks = Landmarks(
+            **{n: Point(x=float(x), y=float(y)) for n, (x, y) in zip(LANDMARK_NAMES, pts, strict=True)}
+        )
     return FaceResult(
         index=index,
         box=Box(x1=face.box[0], y1=face.box[1], x2=face.box[2], y2=face.box[3]),
         score=face.score,
-        landmarks=Landmarks(
-            **{n: Point(x=float(x), y=float(y)) for n, (x, y) in zip(LANDMARK_NAMES, pts, strict=True)}
-        ),
+        landmarks=landmarks,
         label=classes[best],
         label_score=probs[best],
         probabilities=dict(zip(classes, probs, strict=True)),
@@ -181,6 +190,13 @@ def prediction_response(
             f"{prediction.faces_detected} faces found; only the largest {len(prediction.faces)} were classified "
             f"(max_faces={max_faces})"
         )
+    w, h = prediction.width, prediction.height
+    if not prediction.detected and max(w, h) > SQUARE_ENOUGH * min(w, h):
+        side = min(w, h)
+        notes.append(
+            f"detect=false: the image is {w}x{h}, not a square face crop; only its centre {side}x{side} was "
+            "classified as one face"
+        )
     faces = [
         face_result(
             i,
@@ -198,6 +214,7 @@ def prediction_response(
         faces=faces,
         faces_detected=prediction.faces_detected,
         faces_truncated=prediction.faces_truncated,
+        detected=prediction.detected,
         warnings=notes,
         overlay_url=f"{base_url}/overlay.png" if base_url else None,
         expires_at=expires_at,

@@ -131,8 +131,9 @@ class Service:
         assert self.predictor is not None
         timings: dict[str, float] = {}
         limits = [o.get("max_faces") for o in options]
+        detects = [o.get("detect", True) for o in options]
         try:
-            return self.predictor.predict(images, max_faces=limits, timings=timings), timings
+            return self.predictor.predict(images, max_faces=limits, timings=timings, detect=detects), timings
         except Exception as exc:
             if len(images) == 1:
                 raise
@@ -141,9 +142,9 @@ class Service:
             )
         # One bad image must not fail the others: run them alone, failures become per-image errors.
         results: list[Any] = []
-        for image, limit in zip(images, limits, strict=True):
+        for image, limit, detect in zip(images, limits, detects, strict=True):
             try:
-                results.extend(self.predictor.predict([image], max_faces=limit, timings=timings))
+                results.extend(self.predictor.predict([image], max_faces=limit, timings=timings, detect=detect))
             except Exception as exc:
                 results.append(exc)
         return results, timings
@@ -167,9 +168,10 @@ class Service:
             self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - t0)
 
     async def predict(
-        self, data: bytes, *, include_mask: bool, max_faces: int | None, base_path: str
+        self, data: bytes, *, include_mask: bool, max_faces: int | None, base_path: str, detect: bool = True
     ) -> PredictionResponse:
-        """One uploaded image -> its response (stored under a fresh id for the overlay GETs)."""
+        """One uploaded image -> its response (stored under a fresh id for the overlay GETs).
+        ``detect`` False: the image is one face crop, classified whole (no detector)."""
         self.require_ready()
         assert self.predictor is not None
         t0 = time.perf_counter()
@@ -181,7 +183,7 @@ class Service:
             self.batcher.incoming -= 1
         t1 = time.perf_counter()
         try:
-            prediction, meta = await self.batcher.submit(decoded.rgb, max_faces=limit)
+            prediction, meta = await self.batcher.submit(decoded.rgb, max_faces=limit, detect=detect)
         except ApiError:
             raise
         except QueueFull as exc:
@@ -196,7 +198,8 @@ class Service:
             log.error("inference failed: %s: %s", type(exc).__name__, exc)
             self.metrics.rejected.labels("inference_failed").inc()
             raise ApiError(500, "inference_failed", "inference failed for this image; the error was logged") from None
-        self.metrics.faces_per_image.observe(prediction.faces_detected)
+        if prediction.detected:
+            self.metrics.faces_per_image.observe(prediction.faces_detected)
         result_id = self.store.new_id()
         expires = time.time() + self.settings.result_ttl_s
         timings = {

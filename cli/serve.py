@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--no-mask", action="store_true", help="leave the base64 masks out of the JSON")
     predict.add_argument("--alpha", type=float, help="heat-map opacity in the overlay, 0..1")
     predict.add_argument("--max-faces", type=int, help="classify at most the N largest faces per photo")
+    predict.add_argument(
+        "--no-detect",
+        action="store_true",
+        help="each image is already one face crop (tight, upright, like FER2013's): classify it whole, no detector",
+    )
     predict.add_argument("--indent", type=int, default=2, help="JSON indent (0: one line)")
     predict.set_defaults(func=run_predict)
 
@@ -115,7 +120,7 @@ def run_predict(args: argparse.Namespace) -> int:
             items.append(BatchItem(index=i, error=ErrorDetail(code=exc.code, message=f"{path}: {exc.message}")))
             continue
         timings: dict[str, float] = {}
-        (prediction,) = predictor.predict([decoded.rgb], max_faces=limit, timings=timings)
+        (prediction,) = predictor.predict([decoded.rgb], max_faces=limit, timings=timings, detect=not args.no_detect)
         response = prediction_response(
             None,
             prediction,

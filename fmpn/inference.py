@@ -32,6 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_transform
 from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from fmpn.data.transforms import CENTRE, crop_box, resize_shorter
 from fmpn.detect import Face, FaceDetector
 from fmpn.models import class_probabilities
 from fmpn.precision import autocast, resolve_precision
@@ -162,8 +163,8 @@ def load_image_file(path: str | Path, max_pixels: int | None = None) -> DecodedI
 @dataclass
 class FacePrediction:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in image pixels
-    score: float  # detection score
-    landmarks: np.ndarray  # (5, 2) image pixels, LANDMARK_NAMES order
+    score: float | None  # detection score; None for a face crop classified whole (detect=False)
+    landmarks: np.ndarray | None  # (5, 2) image pixels, LANDMARK_NAMES order; None when not detected
     probabilities: np.ndarray  # (C,) float, sums to 1
     mask: np.ndarray  # (S, S) float32 in (0, 1), S = profile.image_size (the aligned centre crop)
     matrix: np.ndarray  # (2, 3) image -> aligned load_size crop, as returned by align_face
@@ -192,6 +193,7 @@ class ImagePrediction:
     height: int
     faces: list[FacePrediction]
     faces_detected: int  # before the max_faces cut
+    detected: bool = True  # False: the image was classified whole as one face crop (detect=False)
 
     @property
     def faces_truncated(self) -> bool:
@@ -374,6 +376,26 @@ class Predictor:
         matrix = np.hstack([m_small[:, :2] @ shrink[:, :2], (m_small[:, :2] @ shrink[:, 2] + m_small[:, 2])[:, None]])
         return crop, matrix
 
+    def crop_whole(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A face crop as given -> (centre-cropped (S, S, 3) uint8 crop, 2x3 image -> load_size crop matrix).
+
+        Exactly the evaluation transform of training (``PairedTransform(train=False)``): shorter side resized
+        to ``load_size`` (PIL bilinear), centre ``image_size`` crop. So ``detect=False`` on a dataset's crop
+        gives what ``fmpn evaluate`` scores, and no detector can miss a face that fills the whole image.
+        """
+        h, w = image.shape[:2]
+        resized = np.asarray(resize_shorter(Image.fromarray(image), self.profile.load_size))
+        rh, rw = resized.shape[:2]
+        s = self.profile.image_size
+        top, left = crop_box(rh, rw, s, CENTRE)
+        crop = np.ascontiguousarray(resized[top : top + s, left : left + s])
+        # PIL maps source pixel centres x + 0.5 to (x + 0.5) * rw / w; the matrix ends in load-size crop
+        # coordinates, so that FacePrediction.offset (the square centre crop) still leads to mask pixels.
+        fx, fy = rw / w, rh / h
+        o = self.crop_offset
+        matrix = np.array([[fx, 0.0, 0.5 * fx - 0.5 - left + o], [0.0, fy, 0.5 * fy - 0.5 - top + o]])
+        return crop, matrix
+
     @torch.inference_mode()
     def classify(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, S, S, 3) uint8 RGB crops -> (probabilities (N, C) float64, masks (N, S, S) float32)."""
@@ -398,28 +420,32 @@ class Predictor:
         images: list[np.ndarray],
         max_faces: int | Sequence[int | None] | None = None,
         timings: dict[str, float] | None = None,
+        detect: bool | Sequence[bool] = True,
     ) -> list[ImagePrediction]:
         """Faces with expression probabilities and motion masks, for each (H, W, 3) uint8 RGB image.
 
         Faces are ordered largest first; with ``max_faces`` (or the predictor's default) only the
         largest N are classified and ``faces_detected`` says how many there were (``max_faces`` may
-        also be a list, one limit per image). All faces of all
-        images go through the model in one forward. ``timings`` (if given) receives the seconds spent
-        in ``detect``, ``align`` and ``model``.
+        also be a list, one limit per image). ``detect`` False (or False in a per-image list): the image
+        is already one face crop, framed like the training crops, and is classified whole (``crop_whole``).
+        All faces of all images go through the model in one forward. ``timings`` (if given) receives the
+        seconds spent in ``detect``, ``align`` and ``model``.
         """
-        if max_faces is None or isinstance(max_faces, int):
-            limits = [max_faces] * len(images)
-        else:
-            limits = list(max_faces)
-            if len(limits) != len(images):
-                raise ValueError(f"{len(limits)} max_faces limits for {len(images)} images")
+        limits = self._per_image("max_faces", max_faces, len(images))
         limits = [self.max_faces if n is None else n for n in limits]
+        detects = [bool(d) for d in self._per_image("detect", detect, len(images))]
         t0 = time.perf_counter()
-        detected = self.detect(images)
+        found = iter(self.detect([im for im, d in zip(images, detects, strict=True) if d]))
+        detected = [next(found) if d else None for d in detects]
         t1 = time.perf_counter()
         crops: list[np.ndarray] = []
-        owners: list[tuple[int, Face, np.ndarray]] = []
+        owners: list[tuple[int, Face | None, np.ndarray]] = []
         for i, (image, faces, limit) in enumerate(zip(images, detected, limits, strict=True)):
+            if faces is None:
+                crop, matrix = self.crop_whole(image)
+                crops.append(crop)
+                owners.append((i, None, matrix))
+                continue
             keep = faces if limit is None else faces[: max(0, limit)]
             for face in keep:
                 crop, matrix = self.align(image, face.landmarks)
@@ -431,15 +457,22 @@ class Predictor:
         probs, masks = self.classify(stacked)
         t3 = time.perf_counter()
         results = [
-            ImagePrediction(width=int(im.shape[1]), height=int(im.shape[0]), faces=[], faces_detected=len(faces))
+            ImagePrediction(
+                width=int(im.shape[1]),
+                height=int(im.shape[0]),
+                faces=[],
+                faces_detected=1 if faces is None else len(faces),
+                detected=faces is not None,
+            )
             for im, faces in zip(images, detected, strict=True)
         ]
         for k, (i, face, matrix) in enumerate(owners):
+            h, w = images[i].shape[:2]
             results[i].faces.append(
                 FacePrediction(
-                    box=tuple(float(v) for v in face.box),
-                    score=float(face.score),
-                    landmarks=np.asarray(face.landmarks, dtype=np.float64).reshape(5, 2),
+                    box=(0.0, 0.0, float(w), float(h)) if face is None else tuple(float(v) for v in face.box),
+                    score=None if face is None else float(face.score),
+                    landmarks=None if face is None else np.asarray(face.landmarks, dtype=np.float64).reshape(5, 2),
                     probabilities=probs[k],
                     mask=masks[k],
                     matrix=np.asarray(matrix, dtype=np.float64),
@@ -452,6 +485,16 @@ class Predictor:
             timings["model"] = timings.get("model", 0.0) + (t3 - t2)
             timings["faces"] = timings.get("faces", 0) + len(crops)
         return results
+
+    @staticmethod
+    def _per_image(name: str, value: Any, n: int) -> list[Any]:
+        """One option for every image, or a list with one per image."""
+        if value is None or isinstance(value, (bool, int)):
+            return [value] * n
+        values = list(value)
+        if len(values) != n:
+            raise ValueError(f"{len(values)} {name} values for {n} images")
+        return values
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1, 4)) -> None:
         """Run the detector and the model once on synthetic input, so the first request is not slow."""

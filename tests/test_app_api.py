@@ -149,6 +149,37 @@ def test_max_faces_query(client) -> None:
     assert any("max_faces=2" in w for w in body["warnings"])
 
 
+def test_detect_false_classifies_the_whole_image_as_one_face(client) -> None:
+    """``?detect=false``: no detector, one face whose box is the image; the mask lands on the image."""
+    im = photo(GROUP)  # not square: the warning says only its centre square was classified
+    r = client.post("/v1/predictions?detect=false", content=photo_jpeg(GROUP), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["detected"] is False and body["faces_detected"] == 1 and not body["faces_truncated"]
+    (face,) = body["faces"]
+    assert face["box"] == {"x1": 0.0, "y1": 0.0, "x2": float(im.width), "y2": float(im.height)}
+    assert face["score"] is None and face["landmarks"] is None
+    assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-6) and face["mask"]["width"] == 64
+    assert any("not a square face crop" in w and f"{im.width}x{im.height}" in w for w in body["warnings"])
+    # The motion mask is drawn over the centre square only: the overlay's left edge keeps the photo.
+    overlay = _png(client.get(body["overlay_url"] + "?boxes=false&labels=false&alpha=1").content)
+    original = np.asarray(Image.open(io.BytesIO(photo_jpeg(GROUP))).convert("RGB"))
+    edge = (im.width - im.height) // 2 - 8
+    assert overlay.shape[:2] == original.shape[:2]
+    assert np.array_equal(overlay[:, :edge], original[:, :edge])
+    centre = slice(im.width // 2 - 50, im.width // 2 + 50)
+    assert np.abs(overlay[:, centre].astype(int) - original[:, centre].astype(int)).mean() > 20
+    # A square crop of one face: no warning; the default still detects.
+    square = io.BytesIO()
+    photo(GROUP).crop((0, 0, im.height, im.height)).save(square, "PNG")
+    r = client.post(
+        "/v1/predictions?detect=false&mask=false", content=square.getvalue(), headers={"Content-Type": "image/png"}
+    )
+    assert r.status_code == 200 and r.json()["warnings"] == [] and len(r.json()["faces"]) == 1
+    r = client.post("/v1/predictions?detect=nope", content=square.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 422 and "detect" in r.text
+
+
 def test_batch_multipart_and_json(client) -> None:
     names = [GROUP, PORTRAITS[1], PORTRAITS[2]]
     files = [("images", (f"{n}.jpg", photo_jpeg(n), "image/jpeg")) for n in names]

@@ -50,6 +50,16 @@ def test_predict_prints_the_service_json_and_writes_the_overlay(fast_env, tmp_pa
     assert overlay.size == size
 
 
+def test_predict_no_detect_classifies_each_image_whole(fast_env, tmp_path, capsys) -> None:
+    photo = require_data("photos", f"{PORTRAITS[1]}.jpg")
+    assert main(["predict", str(photo), "--no-detect", "--no-overlay", "--no-mask"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    size = Image.open(photo).size
+    (face,) = body["faces"]
+    assert body["detected"] is False and face["landmarks"] is None and face["score"] is None
+    assert face["box"] == {"x1": 0.0, "y1": 0.0, "x2": float(size[0]), "y2": float(size[1])}
+
+
 def test_predict_several_photos_and_errors(fast_env, tmp_path, capsys) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a photo")

@@ -75,6 +75,13 @@ def test_demo_page_shows_bars_and_overlay(browser) -> None:
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         assert SCREENSHOT.stat().st_size > 10_000
+        # "one face crop": the same photo again, classified whole, without the detector
+        page.check("#crop")
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('one face crop')", timeout=120_000
+        )
+        page.wait_for_function("() => document.querySelectorAll('#faces .face').length === 1", timeout=60_000)
+        assert "not a square face crop" in page.inner_text("#status")  # the service's warning is shown
         # a bad file shows the service's error message
         page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "image/png", "buffer": b"not a png"}])
         page.wait_for_selector("#status.error", timeout=60_000)

@@ -65,6 +65,12 @@ _BATCH_BODY = {
 
 MASK_QUERY = Query(True, description="include each face's motion mask as base64 PNG")
 MAX_FACES_QUERY = Query(None, ge=1, description="classify at most this many (largest) faces; capped by max_faces")
+DETECT_QUERY = Query(
+    True,
+    description="false: the image is already one face crop, tight and upright like FER2013's or CK+48's; it is "
+    "classified whole (its centre square), with no detection or alignment: what `fmpn evaluate` scores on such "
+    "crops. The face's box is then the whole image and its score and landmarks are null",
+)
 
 
 @router.post(
@@ -81,7 +87,7 @@ MAX_FACES_QUERY = Query(None, ge=1, description="classify at most this many (lar
     openapi_extra={"requestBody": _IMAGE_BODY},
 )
 async def create_prediction(
-    request: Request, mask: bool = MASK_QUERY, max_faces: int | None = MAX_FACES_QUERY
+    request: Request, mask: bool = MASK_QUERY, max_faces: int | None = MAX_FACES_QUERY, detect: bool = DETECT_QUERY
 ) -> PredictionResponse:
     service = request.app.state.service
     settings = request.app.state.settings
@@ -93,7 +99,9 @@ async def create_prediction(
         body_limit=settings.max_body_bytes,
         body_setting="max_image_bytes",
     )
-    return await service.predict(data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions")
+    return await service.predict(
+        data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions", detect=detect
+    )
 
 
 @router.post(
@@ -108,7 +116,7 @@ async def create_prediction(
     openapi_extra={"requestBody": _BATCH_BODY},
 )
 async def create_batch(
-    request: Request, mask: bool = MASK_QUERY, max_faces: int | None = MAX_FACES_QUERY
+    request: Request, mask: bool = MASK_QUERY, max_faces: int | None = MAX_FACES_QUERY, detect: bool = DETECT_QUERY
 ) -> BatchResponse:
     service = request.app.state.service
     settings = request.app.state.settings
@@ -133,7 +141,9 @@ async def create_batch(
 
     async def one(i: int, data: bytes) -> BatchItem:
         try:
-            result = await service.predict(data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions")
+            result = await service.predict(
+                data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions", detect=detect
+            )
         except ApiError as exc:
             return BatchItem(index=i, error=ErrorDetail(code=exc.code, message=exc.message))
         return BatchItem(index=i, result=result)
