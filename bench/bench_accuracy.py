@@ -3,9 +3,11 @@
 Starts ``uvicorn app.main:app`` on 127.0.0.1 in a subprocess (or uses ``--url``), then ``--clients`` clients post
 every image of ``--data`` (``<class>/<image>``, the layout ``fmpn evaluate`` reads) once with ``detect=false`` (the
 image is one face crop, classified whole) and once with detection (the photo path: MTCNN, alignment, the largest
-face). Prints, for each mode, the images right (the top label is the folder's class), those without a face, images/s
-and p50/p95 latency. What ``fmpn evaluate`` and ``fmpn evaluate --detect`` print for the same folder and weights
-are the figures a deployment should reproduce (float32: to the image).
+face). Folders are matched to the model's classes by name as ``fmpn evaluate`` does (``happiness`` is ``happy``);
+folders the model has no class for are left out. Prints, for each mode, the images right (the top label is the
+folder's class), those without a face, images/s and p50/p95 latency. What ``fmpn evaluate`` and ``fmpn evaluate
+--detect`` print for the same folder and weights are the figures a deployment should reproduce (float32: to the
+image).
 
     python bench/bench_accuracy.py --data ../shared/data/fer2013/val --precision float32
     python bench/bench_accuracy.py --url http://gpu-host:8000 --data ../shared/data/fer2013/val --modes crop
@@ -23,9 +25,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _common import Tally, add_server_args, resolve_weights, running_server  # noqa: E402
 from bench_service import pct  # noqa: E402
+
+from fmpn.classes import canonical  # noqa: E402
 
 TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
 MODES = {"crop": "false", "detect": "true"}  # mode -> the detect query value
@@ -43,10 +48,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def labelled_images(root: Path) -> list[tuple[Path, str]]:
-    images = sorted((p, p.parent.name) for p in root.glob("*/*") if p.suffix.lower() in TYPES)
+def labelled_images(root: Path, classes: list[str]) -> list[tuple[Path, str]]:
+    """(image, the model's class) for every image whose folder names one of ``classes``."""
+    by_name = {canonical(c): c for c in classes}
+    images = sorted(
+        (p, by_name[canonical(p.parent.name)])
+        for p in root.glob("*/*")
+        if p.suffix.lower() in TYPES and canonical(p.parent.name) in by_name
+    )
     if not images:
-        raise SystemExit(f"no images under {root} (expected <class>/<image> with {', '.join(TYPES)})")
+        raise SystemExit(f"no images under {root} in folders named after the classes {classes} ({', '.join(TYPES)})")
+    left_out = sorted({p.parent.name for p in root.glob("*/*") if canonical(p.parent.name) not in by_name})
+    if left_out:
+        print(f"left out (no such class in the model): {', '.join(left_out)}")
     return images
 
 
@@ -103,20 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
         raise SystemExit(f"--modes takes crop and/or detect, got {args.modes!r}")
-    images = labelled_images(args.data)
 
     def measure(url: str) -> list[dict]:
+        import httpx
+
+        classes = httpx.get(f"{url}/v1/models", timeout=args.timeout).json()["models"][0]["classes"]
+        images = labelled_images(args.data, classes)
+        print(f"{len(images)} images of {args.data}, {args.clients} clients", flush=True)
         return [asyncio.run(run_mode(url, images, MODES[m], args)) for m in modes]
 
     if args.url:
-        print(f"service {args.url}; {len(images)} images of {args.data}, {args.clients} clients", flush=True)
+        print(f"service {args.url}", flush=True)
         rows = measure(args.url.rstrip("/"))
     else:
         weights, note = resolve_weights(args)
         with running_server(args, weights) as (url, _proc, ready):
             print(
-                f"server ready: {ready['model']}{note}\n{len(images)} images of {args.data}, {args.clients} clients, "
-                f"server torch threads {args.threads}, precision {args.precision}",
+                f"server ready: {ready['model']}{note}; torch threads {args.threads}, precision {args.precision}",
                 flush=True,
             )
             rows = measure(url)

@@ -176,6 +176,12 @@ def test_detect_false_classifies_the_whole_image_as_one_face(client) -> None:
         "/v1/predictions?detect=false&mask=false", content=square.getvalue(), headers={"Content-Type": "image/png"}
     )
     assert r.status_code == 200 and r.json()["warnings"] == [] and len(r.json()["faces"]) == 1
+    # A small image without a face found: the response says how to classify it whole.
+    blank = io.BytesIO()
+    Image.new("RGB", (48, 48), (128, 128, 128)).save(blank, "PNG")
+    r = client.post("/v1/predictions", content=blank.getvalue(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["faces"] == []
+    assert any("48x48" in w and "detect=false" in w for w in r.json()["warnings"])
     r = client.post("/v1/predictions?detect=nope", content=square.getvalue(), headers={"Content-Type": "image/png"})
     assert r.status_code == 422 and "detect" in r.text
 
