@@ -195,10 +195,9 @@ def prediction_response(
         )
     w, h = prediction.width, prediction.height
     if not prediction.detected and max(w, h) > SQUARE_ENOUGH * min(w, h):
-        side = min(w, h)
         notes.append(
-            f"detect=false: the image is {w}x{h}, not a square face crop; only its centre {side}x{side} was "
-            "classified as one face"
+            f"detect=false: the image is {w}x{h}, not a square face crop; only its centre square was classified "
+            "as one face"
         )
     if prediction.detected and prediction.faces_detected == 0 and max(w, h) <= CROP_HINT_MAX_SIDE:
         notes.append(

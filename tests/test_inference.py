@@ -7,6 +7,7 @@ import ast
 import io
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -135,6 +136,31 @@ def test_max_faces_keeps_the_largest(group, predictor) -> None:
     assert two.faces_detected == 6 and len(two.faces) == 2 and two.faces_truncated
     assert [f.box for f in two.faces] == [f.box for f in full.faces[:2]]
     assert len(all_six.faces) == 6 and not all_six.faces_truncated
+
+
+def test_detect_false_classifies_the_image_whole_beside_detected_photos(group, predictor) -> None:
+    """Crops and photos share one batch (the service's batcher mixes requests); each keeps its own path."""
+    image, full = group
+    face = photo(GROUP).crop((0, 0, 300, 300)).resize((48, 48), Image.BILINEAR)
+    crop_image = np.asarray(face.convert("RGB"))
+    whole, detected = predictor.predict([crop_image, image], detect=[False, True])
+    assert not whole.detected and whole.faces_detected == 1 and not whole.faces_truncated
+    (f,) = whole.faces
+    assert f.box == (0.0, 0.0, 48.0, 48.0) and f.score is None and f.landmarks is None
+    assert detected.detected and [g.box for g in detected.faces] == [g.box for g in full.faces]
+    for a, b in zip(detected.faces, full.faces, strict=True):
+        assert np.allclose(a.probabilities, b.probabilities, atol=1e-5)
+    # The crop is the evaluation transform of training; its matrix says where each mask pixel lies in the image.
+    from fmpn.data import PairedTransform
+
+    tensor, _ = PairedTransform(64, 68, train=False)(face)
+    expected = np.rint(tensor.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    probs, mask = predictor.classify(expected[None])
+    assert np.allclose(f.probabilities, probs[0], atol=1e-6) and np.allclose(f.mask, mask[0], atol=1e-6)
+    warped = cv2.warpAffine(
+        crop_image, f.mask_matrix, (64, 64), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+    assert np.abs(warped.astype(int) - expected.astype(int)).max() <= 2
 
 
 def test_detection_copy_coordinates(group, predictor) -> None:
