@@ -383,6 +383,11 @@ class Predictor:
         to ``load_size`` (PIL bilinear), centre ``image_size`` crop. So ``detect=False`` on a dataset's crop
         gives what ``fmpn evaluate`` scores, and no detector can miss a face that fills the whole image.
         """
+        # Only the centre square is classified; an extreme aspect ratio would make the resized copy huge (a
+        # 1 x 40M px image: 68 x 2.7e9), so at most twice the shorter side is kept along the longer one.
+        keep = 2 * min(image.shape[:2])
+        y0, x0 = max(0, (image.shape[0] - keep) // 2), max(0, (image.shape[1] - keep) // 2)
+        image = image[y0 : y0 + keep, x0 : x0 + keep]
         h, w = image.shape[:2]
         resized = np.asarray(resize_shorter(Image.fromarray(image), self.profile.load_size))
         rh, rw = resized.shape[:2]
@@ -393,7 +398,9 @@ class Predictor:
         # coordinates, so that FacePrediction.offset (the square centre crop) still leads to mask pixels.
         fx, fy = rw / w, rh / h
         o = self.crop_offset
-        matrix = np.array([[fx, 0.0, 0.5 * fx - 0.5 - left + o], [0.0, fy, 0.5 * fy - 0.5 - top + o]])
+        matrix = np.array(
+            [[fx, 0.0, 0.5 * fx - 0.5 - left + o - fx * x0], [0.0, fy, 0.5 * fy - 0.5 - top + o - fy * y0]]
+        )
         return crop, matrix
 
     @torch.inference_mode()

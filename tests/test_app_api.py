@@ -176,6 +176,14 @@ def test_detect_false_classifies_the_whole_image_as_one_face(client) -> None:
         "/v1/predictions?detect=false&mask=false", content=square.getvalue(), headers={"Content-Type": "image/png"}
     )
     assert r.status_code == 200 and r.json()["warnings"] == [] and len(r.json()["faces"]) == 1
+    # An extreme aspect ratio (2 x 1,000,000 px, within max_pixels) is answered like any other image, in bounded memory.
+    strip = io.BytesIO()
+    Image.new("RGB", (1_000_000, 2), (90, 90, 90)).save(strip, "PNG")
+    r = client.post(
+        "/v1/predictions?detect=false&mask=false", content=strip.getvalue(), headers={"Content-Type": "image/png"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["faces"][0]["box"]["x2"] == 1_000_000 and "not a square face crop" in r.json()["warnings"][0]
     # A small image without a face found: the response says how to classify it whole.
     blank = io.BytesIO()
     Image.new("RGB", (48, 48), (128, 128, 128)).save(blank, "PNG")
