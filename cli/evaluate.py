@@ -2,7 +2,8 @@
 
 Several checkpoints are scored as an ensemble: their class probabilities averaged per face. ``--detect``
 scores the service's own path instead (detector + alignment on whole images), since a model that is
-right on the dataset's crops can still be wrong on the crops the service makes.
+right on the dataset's crops can still be wrong on the crops the service makes. Without it, each image is
+one face crop, exactly as the service classifies an image posted with ``detect=false``.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detect",
         action="store_true",
-        help="the service's path: find each image's face (MTCNN) and align it, instead of resizing the image; "
-        "images with no face found count as wrong (one checkpoint)",
+        help="the service's photo path: find each image's face (MTCNN) and align it, instead of resizing the image "
+        "(the service's detect=false path); images with no face found count as wrong (one checkpoint)",
     )
     p.set_defaults(func=cmd_evaluate)
 
