@@ -46,7 +46,13 @@ class Metrics:
             "fmpn_batch_size_faces", "faces per model batch", buckets=BATCH_BUCKETS, registry=r
         )
         self.faces_per_image = Histogram(
-            "fmpn_faces_per_image", "faces detected per image", buckets=FACE_BUCKETS, registry=r
+            "fmpn_faces_per_image", "faces detected per image (detect=true)", buckets=FACE_BUCKETS, registry=r
+        )
+        self.images = Counter(
+            "fmpn_images_total",
+            "images predicted, by path: detect=true (photos: detector + alignment) or false (face crops, whole)",
+            ["detect"],
+            registry=r,
         )
         self.rejected = Counter(
             "fmpn_rejected_total", "requests refused before inference, by reason", ["reason"], registry=r

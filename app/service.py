@@ -198,6 +198,7 @@ class Service:
             log.error("inference failed: %s: %s", type(exc).__name__, exc)
             self.metrics.rejected.labels("inference_failed").inc()
             raise ApiError(500, "inference_failed", "inference failed for this image; the error was logged") from None
+        self.metrics.images.labels("true" if prediction.detected else "false").inc()
         if prediction.detected:
             self.metrics.faces_per_image.observe(prediction.faces_detected)
         result_id = self.store.new_id()

@@ -152,6 +152,7 @@ def test_max_faces_query(client) -> None:
 def test_detect_false_classifies_the_whole_image_as_one_face(client) -> None:
     """``?detect=false``: no detector, one face whose box is the image; the mask lands on the image."""
     im = photo(GROUP)  # not square: the warning says only its centre square was classified
+    before = client.get("/metrics").text
     r = client.post("/v1/predictions?detect=false", content=photo_jpeg(GROUP), headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -161,6 +162,12 @@ def test_detect_false_classifies_the_whole_image_as_one_face(client) -> None:
     assert face["score"] is None and face["landmarks"] is None
     assert sum(face["probabilities"].values()) == pytest.approx(1.0, abs=1e-6) and face["mask"]["width"] == 64
     assert any("not a square face crop" in w and f"{im.width}x{im.height}" in w for w in body["warnings"])
+    after = client.get("/metrics").text
+    assert (
+        metric_value(after, "fmpn_images_total", detect="false")
+        == metric_value(before, "fmpn_images_total", detect="false") + 1
+    )
+    assert metric_value(after, "fmpn_faces_per_image_count") == metric_value(before, "fmpn_faces_per_image_count")
     # The motion mask is drawn over the centre square only: the overlay's left edge keeps the photo.
     overlay = _png(client.get(body["overlay_url"] + "?boxes=false&labels=false&alpha=1").content)
     original = np.asarray(Image.open(io.BytesIO(photo_jpeg(GROUP))).convert("RGB"))
