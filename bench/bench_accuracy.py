@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import mimetypes
 import sys
 import time
 from pathlib import Path
@@ -30,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _common import Tally, add_server_args, resolve_weights, running_server  # noqa: E402
 from bench_service import pct  # noqa: E402
 
-from fmpn.classes import canonical  # noqa: E402
+from fmpn.data import folder_samples  # noqa: E402
 
-TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp"}
 MODES = {"crop": "false", "detect": "true"}  # mode -> the detect query value
 
 
@@ -49,19 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def labelled_images(root: Path, classes: list[str]) -> list[tuple[Path, str]]:
-    """(image, the model's class) for every image whose folder names one of ``classes``."""
-    by_name = {canonical(c): c for c in classes}
-    images = sorted(
-        (p, by_name[canonical(p.parent.name)])
-        for p in root.glob("*/*")
-        if p.suffix.lower() in TYPES and canonical(p.parent.name) in by_name
-    )
-    if not images:
-        raise SystemExit(f"no images under {root} in folders named after the classes {classes} ({', '.join(TYPES)})")
-    left_out = sorted({p.parent.name for p in root.glob("*/*") if canonical(p.parent.name) not in by_name})
-    if left_out:
-        print(f"left out (no such class in the model): {', '.join(left_out)}")
-    return images
+    """(image, the model's class) for every image whose folder names one of ``classes``: the images and labels
+    ``fmpn evaluate`` scores (``fmpn.data.folder_samples``)."""
+    split = folder_samples(root, classes, check=False)
+    if split.skipped_classes:
+        print(f"left out (no such class in the model): {', '.join(split.skipped_classes)}")
+    if not split.samples:
+        raise SystemExit(f"no images under {root} in folders named after the classes {classes}")
+    return [(s.path, classes[s.label]) for s in split.samples]
 
 
 async def run_mode(url: str, images: list[tuple[Path, str]], detect: str, args: argparse.Namespace) -> dict:
@@ -77,7 +72,7 @@ async def run_mode(url: str, images: list[tuple[Path, str]], detect: str, args: 
         async def worker() -> None:
             nonlocal right, no_face
             for path, label in todo:
-                headers = {"Content-Type": TYPES[path.suffix.lower()]}
+                headers = {"Content-Type": mimetypes.guess_type(path.name)[0] or "image/jpeg"}
                 params = {"mask": "false", "detect": detect}
                 t0 = time.perf_counter()
                 try:
