@@ -26,7 +26,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", default="cpu", help="model profile: cpu or paper")
+    p.add_argument("--profile", default="cpu", help="model profile: cpu, cpu-fine or paper (fmpn/profiles.py)")
     p.add_argument("--out", required=True, help="run folder (resumes from its last.pt)")
     p.add_argument("--niter", type=int, help="epochs at full learning rate (default: the profile's)")
     p.add_argument("--niter-decay", type=int, help="epochs of linear decay (default: the profile's)")

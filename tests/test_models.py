@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fmpn.models import MotionMaskGenerator, PriorFusionNet, build_fmpn, fmpn_cpu, to_gray
+from fmpn.models import MotionMaskGenerator, PriorFusionNet, build_fmpn, fmpn_cpu, fmpn_cpu_fine, to_gray
 from fmpn.profiles import CPU, PAPER, PROFILES, get_profile
 
 
@@ -62,3 +62,25 @@ def test_profiles_round_trip_and_reject_unknown_names() -> None:
         get_profile("huge")
     with pytest.raises(ValueError, match="unknown backbone"):
         build_fmpn(CPU.replace(backbone="not_a_net"), 7)
+
+
+def test_cpu_fine_drops_the_max_pool_and_takes_cpu_weights() -> None:
+    """The CN's last feature map: 2x2 for a 64 px face with the max-pool, 4x4 without; same parameters."""
+    fine, plain = get_profile("cpu-fine"), get_profile("cpu")
+    maps = {}
+    for profile in (plain, fine):
+        model = build_fmpn(profile, 7).eval()
+        hook = lambda m, i, o, name=profile.name: maps.update({name: i[0].shape})  # noqa: E731
+        model.classifier.avgpool.register_forward_hook(hook)
+        with torch.no_grad():
+            model(torch.rand(1, 3, 64, 64))
+    assert maps == {"cpu": (1, 512, 2, 2), "cpu-fine": (1, 512, 4, 4)}
+    coarse = build_fmpn(plain, 7)
+    model = fmpn_cpu_fine(7)
+    model.load_state_dict(coarse.state_dict())  # strict: the max-pool holds no parameters
+    # An old checkpoint's profile (no cn_maxpool key) keeps the max-pool.
+    data = plain.to_dict()
+    del data["cn_maxpool"]
+    assert type(plain).from_dict(data).cn_maxpool
+    with pytest.raises(ValueError, match="no stem max-pool"):
+        build_fmpn(fine.replace(backbone="mobilenet_v3_small"), 7)

@@ -1,5 +1,14 @@
 from fmpn.models.classifier import build_classifier
-from fmpn.models.fmpn import FMPN, build_fmpn, class_probabilities, fmpn_cpu, fmpn_paper, to_gray, view_probabilities
+from fmpn.models.fmpn import (
+    FMPN,
+    build_fmpn,
+    class_probabilities,
+    fmpn_cpu,
+    fmpn_cpu_fine,
+    fmpn_paper,
+    to_gray,
+    view_probabilities,
+)
 from fmpn.models.fusion import PriorFusionNet
 from fmpn.models.generator import MotionMaskGenerator
 
@@ -11,6 +20,7 @@ __all__ = [
     "build_fmpn",
     "class_probabilities",
     "fmpn_cpu",
+    "fmpn_cpu_fine",
     "fmpn_paper",
     "to_gray",
     "view_probabilities",

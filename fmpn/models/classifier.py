@@ -18,8 +18,11 @@ def _new_head(in_features: int, num_classes: int) -> nn.Linear:
     return head
 
 
-def build_classifier(name: str, num_classes: int, weights: str | None = None) -> nn.Module:
-    """``name`` is a torchvision model name; ``weights`` an optional enum name such as ``DEFAULT``."""
+def build_classifier(name: str, num_classes: int, weights: str | None = None, maxpool: bool = True) -> nn.Module:
+    """``name`` is a torchvision model name; ``weights`` an optional enum name such as ``DEFAULT``.
+
+    ``maxpool=False`` removes a ResNet stem's max-pool (no parameters, so weights load either way).
+    """
     if name not in torchvision.models.list_models(module=torchvision.models):
         raise ValueError(f"unknown backbone {name!r}; use a torchvision classification model name")
     kwargs: dict = {"weights": weights}
@@ -38,4 +41,8 @@ def build_classifier(name: str, num_classes: int, weights: str | None = None) ->
         net.classifier[-1] = _new_head(net.classifier[-1].in_features, num_classes)
     else:
         raise ValueError(f"backbone {name!r} has no fc or classifier head to replace")
+    if not maxpool:
+        if not isinstance(getattr(net, "maxpool", None), nn.MaxPool2d):
+            raise ValueError(f"backbone {name!r} has no stem max-pool to remove; keep cn_maxpool true")
+        net.maxpool = nn.Identity()
     return net

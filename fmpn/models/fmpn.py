@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from fmpn.models.classifier import build_classifier
 from fmpn.models.fusion import PriorFusionNet
 from fmpn.models.generator import MotionMaskGenerator
-from fmpn.profiles import CPU, PAPER, Profile
+from fmpn.profiles import CPU, CPU_FINE, PAPER, Profile
 
 # ITU-R 601 luma, the weights PIL's convert('L') uses.
 _LUMA = (0.299, 0.587, 0.114)
@@ -66,7 +66,7 @@ def class_probabilities(model: FMPN, rgb: Tensor, flip_average: bool = False) ->
 
 
 def build_fmpn(profile: Profile, num_classes: int, backbone_weights: str | None = None) -> FMPN:
-    classifier = build_classifier(profile.backbone, num_classes, backbone_weights)
+    classifier = build_classifier(profile.backbone, num_classes, backbone_weights, profile.cn_maxpool)
     if not profile.prior:
         return FMPN(None, None, classifier)
     generator = MotionMaskGenerator(profile.image_size, profile.ngf, profile.n_blocks, profile.norm)
@@ -81,3 +81,8 @@ def fmpn_paper(num_classes: int = 7, backbone_weights: str | None = None) -> FMP
 def fmpn_cpu(num_classes: int = 7, backbone_weights: str | None = None) -> FMPN:
     """The 2-core CPU model: 64 px, a narrow FMG, ResNet-18."""
     return build_fmpn(CPU, num_classes, backbone_weights)
+
+
+def fmpn_cpu_fine(num_classes: int = 7, backbone_weights: str | None = None) -> FMPN:
+    """The CPU model with the CN's max-pool removed: a 4x4 last feature map for small faces."""
+    return build_fmpn(CPU_FINE, num_classes, backbone_weights)
