@@ -75,9 +75,9 @@ CPU = Profile(
     stage2=Schedule(niter=15, niter_decay=15, batch_size=32, lr=1e-3, fmg_lr=1e-4),
 )
 
-# The cpu profile's CN without its max-pool: 4x the CN's compute for a finer last feature map. Measured on the
-# 2-core CPU (bf16 autocast): ~10 ms a face with its mirror image against ~8, and 120 img/s stage-2 training
-# against 190 (runs of bench/bench_model.py --profiles cpu,cpu-fine).
+# The cpu profile's CN without its max-pool: 4x the CN's compute for a finer last feature map. On the idle 2-core
+# CPU (bench/bench_model.py --profiles cpu,cpu-fine --threads 2 --amp bf16 --channels-last on --flip-average):
+# a face with its mirror image 10.9 ms against 9.0 (batch 1), stage-2 training 117 img/s against 176.
 CPU_FINE = CPU.replace(name="cpu-fine", cn_maxpool=False)
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (PAPER, CPU, CPU_FINE)}
