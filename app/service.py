@@ -38,6 +38,7 @@ def build_predictor(s: Settings) -> Predictor:
         detect_max_side=s.detect_max_side,
         min_face_size=s.min_face_size,
         min_face_score=s.min_face_score,
+        retry_pad=s.retry_pad,
         model_batch=s.model_batch,
         flip_average=s.flip_average,
     )

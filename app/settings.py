@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     detect_max_side: int = Field(1280, ge=64, description="larger photos are detected on a downscaled copy")
     min_face_size: int = Field(20, ge=8, description="MTCNN minimum face size, pixels of the detection copy")
     min_face_score: float = Field(0.9, ge=0.0, le=1.0, description="drop detections scoring below this")
+    retry_pad: float = Field(
+        0.1, ge=0.0, le=1.0, description="no face found: detect again with this margin (of the longer side); 0: off"
+    )
 
     # batching
     max_batch: int = Field(16, ge=1, description="most images per model batch")
