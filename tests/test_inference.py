@@ -175,15 +175,14 @@ def test_detection_copy_coordinates(group, predictor) -> None:
         assert np.allclose(a.landmarks, b.landmarks * scale, atol=4)
 
 
-def test_faces_filling_the_frame_are_found_again_with_a_margin(fer2013) -> None:
+def test_faces_filling_the_frame_are_found_again_with_a_margin(fer2013, predictor) -> None:
     """MTCNN misses many faces that fill the image to its edges (FER2013's 48 px crops: 17 % of validation).
     An image with no face found is detected again, padded with its edge pixels; images with a face are
     untouched, boxes stay inside the image and a blank image still has no face."""
     paths = sorted((fer2013 / "val" / "happy").glob("*.jpg"))[:40]
     images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
     plain = Predictor(checkpoint_path(), "cpu", retry_pad=0).detect(images)
-    retry = Predictor(checkpoint_path(), "cpu")  # the default margin, 0.1 of the longer side
-    padded = retry.detect(images)
+    padded = predictor.detect(images)  # the default margin, 0.1 of the longer side
     missed = [i for i, faces in enumerate(plain) if not faces]
     assert len(missed) >= 3, "these crops no longer test the retry: MTCNN found (almost) every face"
     for a, b in zip(plain, padded, strict=True):
@@ -196,7 +195,7 @@ def test_faces_filling_the_frame_are_found_again_with_a_margin(fer2013) -> None:
         assert 0 <= x1 < x2 <= 48 and 0 <= y1 < y2 <= 48
         eyes = padded[i][0].landmarks[:2]
         assert (eyes > -4).all() and (eyes < 52).all()  # the eyes are on the face, not in the margin
-    assert retry.detect([np.full((64, 64, 3), 128, np.uint8)]) == [[]]
+    assert predictor.detect([np.full((64, 64, 3), 128, np.uint8)]) == [[]]
 
 
 def test_flip_average_follows_the_release_and_averages_the_mirror_image(group, tmp_path) -> None:
