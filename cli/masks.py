@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.set_defaults(func=cmd_generate)
 
+    n = sub.add_parser(
+        "neutral-faces", help="CK+ neutral frames in CK+48's framing (48 px), for `fmpn cv --neutral`: OUT/neutral/"
+    )
+    n.add_argument("--pairs", required=True, help="the ckplus-neutral-peak folder (with index.csv)")
+    n.add_argument("--out", required=True, help="output folder")
+    n.set_defaults(func=cmd_neutral_faces)
+
     reframe_help = (
         "warp the originals from the 'original' framing into this one before comparing; "
         "'auto' (default) = the template in GENERATED_DIR/report.json unless it is an original framing; 'none'"
@@ -106,6 +113,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     print(f"wrote {args.out}/<fold>/<class>.png for folds {sorted(report.folds)} and {args.out}/report.json")
+    return 0
+
+
+def cmd_neutral_faces(args: argparse.Namespace) -> int:
+    from training.neutral import write_neutral_faces
+
+    count = write_neutral_faces(args.pairs, args.out)
+    print(f"wrote {count} neutral faces to {args.out}/neutral/ and {args.out}/index.csv")
     return 0
 
 

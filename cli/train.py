@@ -22,6 +22,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--images", help="image folder for the fmpn layout, if not <data>/imgs (searched by file name)")
     g.add_argument("--masks", help="folder of <class>.png masks; {fold} is replaced by the fold")
     g.add_argument("--mask-classes", help="comma-separated class names of the mask files (default: CK+ order)")
+    g.add_argument(
+        "--neutral",
+        help="ckplus48: folder from `fmpn masks neutral-faces`; its CK+ neutral frames of subjects outside the test"
+        " fold train an extra class 'neutral', the test counts the seven CK+ classes",
+    )
     g.add_argument("--limit", type=int, help="use only N training images (class-balanced), for smoke runs")
 
 
@@ -156,6 +161,7 @@ def _configs(args: argparse.Namespace, stage: int):
         images=args.images,
         masks=args.masks,
         mask_classes=args.mask_classes.split(",") if args.mask_classes else None,
+        neutral=args.neutral,
         limit=args.limit,
     )
     return TrainConfig(

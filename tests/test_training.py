@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,15 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import require_data
+from PIL import Image
 
 from cli.main import main
 from fmpn.checkpoint import load_checkpoint
 from fmpn.models import build_fmpn
 from fmpn.profiles import CPU
 from training.config import DataConfig, TrainConfig
-from training.cv import ensemble_fold, format_table, format_wrong, pooled, run_cv
+from training.cv import ensemble_fold, format_table, format_wrong, pooled, run_cv, score_views
 from training.loop import train
 from training.schedule import linear_decay
 
@@ -373,7 +377,6 @@ def test_a_fold_is_scored_one_view_and_mirrored_from_one_forward_pass(fer2013, m
     not the faces a second time, and scores each view as the service's `class_probabilities` does."""
     from fmpn.data import SampleSet, folder_samples
     from fmpn.models import FMPN, class_probabilities
-    from training.cv import score_views
     from training.data import make_dataset
     from training.evaluate import score
 
@@ -478,3 +481,55 @@ def test_training_follows_the_teacher_targets(ckplus48, tmp_path, capsys) -> Non
 
     assert anger_share("taught") > 0.9
     assert anger_share("labels") < 0.5
+
+
+def test_neutral_faces_train_an_extra_class_and_tests_count_ck_classes(ckplus48, fmpn_original, tmp_path) -> None:
+    """`fmpn masks neutral-faces` + `fmpn cv --neutral`: CK+ frame-1 faces of training subjects only, as a last
+    class 'neutral'; the fold's test still counts the seven CK+ classes, even when the model says neutral."""
+    from fmpn.classes import CKPLUS
+    from fmpn.data import FaceDataset
+    from training.data import load_splits, make_dataset
+    from training.evaluate import evaluate, predict_views
+
+    pairs = require_data("ckplus-neutral-peak")
+    out = tmp_path / "neutral"
+    assert main(["masks", "neutral-faces", "--pairs", str(pairs), "--out", str(out)]) == 0
+    rows = (out / "index.csv").read_text().splitlines()[1:]
+    assert len(rows) == 561  # one single-detection neutral crop per CK+ sequence (of 593)
+    face = np.asarray(Image.open(out / rows[0].split(",")[0]))
+    assert face.shape == (48, 48) and face.dtype == np.uint8  # CK+48's size and mode
+
+    masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
+    cfg = DataConfig(layout="ckplus48", root=str(ckplus48), fold=0, masks=masks, neutral=str(out))
+    splits = load_splits(cfg)
+    test_subjects = {s.path.name.split("_")[0] for s in splits.eval.samples}
+    neutral = [s for s in splits.train.samples if s.label == len(CKPLUS)]
+    assert splits.classes == [*CKPLUS, "neutral"] and splits.eval.classes == list(CKPLUS)
+    expected = [r for r in rows if r.split(",")[1] not in test_subjects]
+    assert len(neutral) == len(expected) and 0 < len(expected) < len(rows)  # fold 0's subjects left out
+    assert not {s.path.name.split("_")[0] for s in neutral} & test_subjects
+    assert len(splits.masks) == len(splits.classes)  # neutral's FMG target: the mean mask
+
+    # A model that calls every face neutral is still scored on the seven classes, with probabilities over them.
+    model = build_fmpn(CPU, len(splits.classes)).eval()
+    with torch.no_grad():
+        model.classifier.fc.bias[len(CKPLUS)] = 100.0
+    dataset: FaceDataset = make_dataset(splits.eval, CPU, None, train=False)
+    probs, mirrored, _ = predict_views(model, dataset, torch.device("cpu"), mirror=True)
+    assert probs.shape == mirrored.shape == (78, len(CKPLUS))
+    assert torch.allclose(probs.sum(1), torch.ones(78), atol=1e-4)
+    result = evaluate(model, dataset, torch.device("cpu"))
+    assert result.n == 78 and sum(map(sum, result.confusion)) == 78
+
+    # The CK+ protocol end to end: one training step, the fold tested on its 78 faces, 7 x 7.
+    stage2 = config(dataclasses.replace(cfg, limit=32), tmp_path, stage=2, niter=1, max_steps=1)
+    (fold,) = run_cv(None, stage2, [0], tmp_path / "cv")
+    assert fold["classes"] == list(CKPLUS) and fold["n"] == 78 and len(fold["confusion"]) == len(CKPLUS)
+    assert load_checkpoint(tmp_path / "cv" / "fold_0" / "stage2" / "model.safetensors").classes[-1] == "neutral"
+    # A model whose first classes are not the test's, in order, is refused before it runs (FER2013's lack contempt).
+    released = load_checkpoint(ROOT / "weights" / "fmpn-cpu-fer2013.safetensors")
+    with pytest.raises(ValueError, match="cannot score the classes"):
+        score_views([released], splits.eval, torch.device("cpu"))
+    # Neutral faces belong to CK+ folds only.
+    with pytest.raises(ValueError, match="needs --layout ckplus48"):
+        load_splits(DataConfig(layout="folder", root=str(ckplus48), neutral=str(out)))

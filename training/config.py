@@ -19,6 +19,8 @@ class DataConfig:
     images if not ``root/imgs``); ``dataset`` is ckplus, mmi or affectnet.
     ``masks``: a folder of ``<class index>.png`` (``{fold}`` is replaced by the fold), and
     ``mask_classes`` the class names of those files (default: CK+ order), mapped by name.
+    ``neutral`` (ckplus48): a folder from ``fmpn masks neutral-faces``; the neutral faces of subjects outside
+    the test fold train an extra class, and the test is scored on the seven CK+ classes (training/neutral.py).
     """
 
     layout: str = "folder"
@@ -29,6 +31,7 @@ class DataConfig:
     images: str | None = None
     masks: str | None = None
     mask_classes: list[str] | None = None
+    neutral: str | None = None
     limit: int | None = None  # use only the first N training images (tests, smoke runs)
 
 

@@ -17,6 +17,7 @@ from fmpn.data import FaceDataset, PairedTransform, SampleSet, ckplus48_samples,
 from fmpn.masks import load_mask_folder, masks_for_classes
 from fmpn.profiles import Profile
 from training.config import DataConfig
+from training.neutral import add_neutral
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,16 @@ class Splits:
 
 
 def load_splits(cfg: DataConfig, classes: list[str] | None = None) -> Splits:
+    if cfg.neutral and cfg.layout != "ckplus48":
+        raise ValueError(f"--neutral adds CK+ neutral faces to CK+ folds: it needs --layout ckplus48, not {cfg.layout}")
     if cfg.layout == "folder":
         train = folder_samples(cfg.root, classes)
         evals = folder_samples(cfg.val_root, train.classes) if cfg.val_root else None
     elif cfg.layout == "ckplus48":
         fold = _need_fold(cfg)
         train, evals = ckplus48_samples(cfg.root, fold, "train"), ckplus48_samples(cfg.root, fold, "test")
+        if cfg.neutral:
+            train = add_neutral(train, evals, cfg.neutral)
     elif cfg.layout == "fmpn":
         if cfg.dataset == "affectnet":
             train_csv, test_csv = "train_ids.csv", "test_ids.csv"

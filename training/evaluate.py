@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from fmpn.checkpoint import Checkpoint, load_checkpoint
-from fmpn.classes import map_classes
+from fmpn.classes import canonical, map_classes
 from fmpn.data import FaceDataset, Sample, SampleSet
 from fmpn.models import FMPN, view_probabilities
 from training.data import make_dataset
@@ -114,12 +114,13 @@ def predict_views(
     mirror: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """Probabilities of the faces as given, of their mirror images (``mirror``, else None) and the labels, as
-    ``fmpn.models.view_probabilities`` computes them for the service: one forward pass for both views."""
+    ``fmpn.models.view_probabilities`` computes them for the service: one forward pass for both views. A model with
+    classes after the dataset's (``--neutral``) is scored on the dataset's: the softmax of its first logits."""
     model.eval()
     probs, mirrored, labels = [], [], []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            p, m, _ = view_probabilities(model, batch["image"].to(device), mirror)
+            p, m, _ = view_probabilities(model, batch["image"].to(device), mirror, len(dataset.classes))
         probs.append(p.cpu())
         if m is not None:
             mirrored.append(m.cpu())
@@ -164,6 +165,10 @@ def ensemble_views(
     image): both from one forward pass of each face and its mirror per model."""
     if not checkpoints:
         raise ValueError("an ensemble needs at least one model")
+    for ckpt in checkpoints:
+        head = [canonical(c) for c in ckpt.classes[: len(split.classes)]]
+        if head != [canonical(c) for c in split.classes]:
+            raise ValueError(f"a model with classes {ckpt.classes} cannot score the classes {split.classes} in order")
     views = [
         predict_views(
             ckpt.build_model().to(device),

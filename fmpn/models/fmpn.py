@@ -42,12 +42,19 @@ class FMPN(nn.Module):
         return self.classifier(fused), mask
 
 
-def view_probabilities(model: FMPN, rgb: Tensor, mirror: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
+def view_probabilities(
+    model: FMPN, rgb: Tensor, mirror: bool = False, classes: int | None = None
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Softmax probabilities (float32) of a batch of faces, those of their mirror images (``mirror``, else None)
     from the same forward pass, and the faces' motion masks: one pass gives both the one-view and the mirrored
-    score of a test set."""
+    score of a test set. ``classes``: the softmax of the first that many logits only, for a test set without the
+    model's last classes (a CK+ fold model trained with an extra ``neutral``)."""
     n = rgb.shape[0]
     logits, mask = model(torch.cat([rgb, rgb.flip(-1)]) if mirror else rgb)
+    if classes is not None:
+        if classes > logits.shape[1]:
+            raise ValueError(f"the model has {logits.shape[1]} classes, the test set {classes}")
+        logits = logits[:, :classes]
     probs = torch.softmax(logits.float(), dim=1)
     if not mirror:
         return probs, None, mask
