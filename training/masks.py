@@ -105,6 +105,19 @@ class PairSequence:
     peak: tuple[str, ...]
 
 
+def read_index_rows(pairs_dir: str | Path) -> list[dict]:
+    """The rows of ``pairs_dir/index.csv`` (ckplus-neutral-peak), after checking the file and its columns."""
+    index = Path(pairs_dir) / "index.csv"
+    if not index.is_file():
+        raise FileNotFoundError(f"no index.csv in {pairs_dir} (expected the ckplus-neutral-peak folder)")
+    with open(index, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in INDEX_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{index} lacks column(s) {', '.join(missing)}")
+        return list(reader)
+
+
 def read_pairs_index(pairs_dir: str | Path) -> list[PairSequence]:
     """The labelled sequences of ``pairs_dir/index.csv``, sorted by sequence id.
 
@@ -113,14 +126,7 @@ def read_pairs_index(pairs_dir: str | Path) -> list[PairSequence]:
     """
     pairs_dir = Path(pairs_dir)
     index = pairs_dir / "index.csv"
-    if not index.is_file():
-        raise FileNotFoundError(f"no index.csv in {pairs_dir} (expected the ckplus-neutral-peak folder)")
-    with open(index, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in INDEX_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{index} lacks column(s) {', '.join(missing)}")
-        rows = list(reader)
+    rows = read_index_rows(pairs_dir)
     chosen: dict[str, dict] = {}  # file name -> row
     for row in rows:
         code = row["ck_emotion_code"].strip()

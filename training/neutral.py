@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 
 from fmpn.data import Sample, SampleSet
+from training.masks import read_index_rows
 
 NEUTRAL = "neutral"
 # ckplus48 is the same Haar crop as ckplus-neutral-peak, 128 -> 48 px, less about 2 px a side: on the 397
@@ -31,17 +32,7 @@ def neutral_rows(pairs_dir: str | Path) -> list[dict]:
     Frames with several Haar detections are left out (one of them may not be a face); a file listed twice
     (``err/`` holds copies) counts once.
     """
-    index = Path(pairs_dir) / INDEX
-    if not index.is_file():
-        raise FileNotFoundError(f"no {INDEX} in {pairs_dir} (expected the ckplus-neutral-peak folder)")
-    with open(index, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"relpath", "subject", "sequence", "frame_role", "haar_multi_detection_index"} - set(
-            reader.fieldnames or []
-        )
-        if missing:
-            raise ValueError(f"{index} lacks column(s) {', '.join(sorted(missing))}")
-        rows = list(reader)
+    rows = read_index_rows(pairs_dir)
     by_sequence: dict[str, dict] = {}
     for row in sorted(rows, key=lambda r: r["relpath"]):
         if row["frame_role"].startswith("first") and not row["haar_multi_detection_index"].strip():
