@@ -533,3 +533,53 @@ def test_neutral_faces_train_an_extra_class_and_tests_count_ck_classes(ckplus48,
     # Neutral faces belong to CK+ folds only.
     with pytest.raises(ValueError, match="needs --layout ckplus48"):
         load_splits(DataConfig(layout="folder", root=str(ckplus48), neutral=str(out)))
+
+
+def test_blended_faces_lie_between_neutral_and_apex_and_train_with_their_class(ckplus48, tmp_path, capsys) -> None:
+    """`fmpn masks blend-faces` + `fmpn cv --blends`: each sequence's neutral face, aligned onto its last CK+48
+    frame and blended into it, trains with the sequence's class; test subjects' blends never train."""
+    from fmpn.classes import CKPLUS
+    from training.blend import apex_frames, blend
+    from training.data import load_splits, make_dataset
+
+    neutral = tmp_path / "neutral"
+    assert (
+        main(["masks", "neutral-faces", "--pairs", str(require_data("ckplus-neutral-peak")), "--out", str(neutral)])
+        == 0
+    )
+    out = tmp_path / "blends"
+    assert main(["masks", "blend-faces", "--data", str(ckplus48), "--neutral", str(neutral), "--out", str(out)]) == 0
+    rows = [r.split(",") for r in (out / "index.csv").read_text().splitlines()[1:]]
+    sequences = {r[2] for r in rows}
+    assert len(rows) == 2 * len(sequences) and 300 < len(sequences) <= 327  # two weights per sequence with a neutral
+
+    # Halfway is farther from the apex than three quarters, and neither is the apex itself.
+    apex = apex_frames(ckplus48)["S010_004"]
+    peak = np.asarray(Image.open(ckplus48 / apex["relpath"]), dtype=np.float32)
+    half, three_quarters = (np.asarray(Image.open(out / "anger" / f"S010_004_b{w}.png"), np.float32) for w in (50, 75))
+    assert np.abs(half - peak).mean() > np.abs(three_quarters - peak).mean() > 0.5
+
+    # The neutral face is aligned before blending: a face shifted by 1.5 px blends back into itself.
+    shifted = np.roll(peak, (1, 2), axis=(0, 1))
+    shifted[:, :2], shifted[:1] = peak[:, :2], peak[:1]
+    assert np.abs(blend(shifted.astype(np.uint8), peak.astype(np.uint8), 0.5) - peak)[4:-4, 4:-4].mean() < 2.0
+    assert np.abs((shifted + peak) / 2 - peak)[4:-4, 4:-4].mean() > 4.0  # what blending without the shift gives
+
+    base = DataConfig(layout="ckplus48", root=str(ckplus48), fold=0)
+    plain, mixed = load_splits(base), load_splits(dataclasses.replace(base, blends=str(out)))
+    added = mixed.train.samples[len(plain.train.samples) :]
+    test_subjects = {s.path.name.split("_")[0] for s in plain.eval.samples}
+    assert added and mixed.eval.samples == plain.eval.samples and mixed.classes == list(CKPLUS)
+    assert not {s.path.name.split("_")[0] for s in added} & test_subjects
+    assert len(added) == sum(r[1] not in test_subjects for r in rows)
+    assert all(mixed.classes[s.label] == s.path.parent.name for s in added)
+    item = make_dataset(mixed.train, CPU, None, train=True)[len(mixed.train.samples) - 1]
+    assert item["image"].shape == (3, 64, 64)
+
+    bad = ["masks", "blend-faces", "--data", str(ckplus48), "--neutral", str(neutral), "--out", str(tmp_path / "x")]
+    assert main([*bad, "--weights", "1"]) == 2
+    assert "strictly between 0 (neutral) and 1 (apex)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs --layout ckplus48"):
+        load_splits(DataConfig(layout="folder", root=str(ckplus48), blends=str(out)))
+    with pytest.raises(FileNotFoundError, match="fmpn masks blend-faces"):
+        load_splits(dataclasses.replace(base, blends=str(tmp_path)))
