@@ -166,6 +166,13 @@ def test_cv_ensemble_of_finished_runs(data, tmp_path, capsys) -> None:
     shutil.copytree(cv / "fold_0", tmp_path / "mixed" / "fold_9")
     with pytest.raises(ValueError, match="tested other images"):
         ensemble_fold([cv, tmp_path / "mixed"], 9)
+    # A run whose config names an option this version lacks (written by another version) is refused by name.
+    stored = tmp_path / "mixed" / "fold_9" / "stage2" / "config.json"
+    cfg = json.loads(stored.read_text())
+    cfg["data"]["replay"] = "../shared/data/fer2013/train"
+    stored.write_text(json.dumps(cfg))
+    assert main(["cv-ensemble", str(tmp_path / "mixed"), "--folds", "9"]) == 2
+    assert "options this version does not know: data.replay" in capsys.readouterr().err
 
 
 def test_cv_pretrained_fold_template_starts_each_fold_from_its_own_model(data, tmp_path) -> None:

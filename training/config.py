@@ -92,6 +92,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        data["data"] = DataConfig(**data["data"])
+        """A run's stored config.json; options this version does not know are named, not a TypeError."""
+        data, inner = dict(data), dict(data.get("data", {}))
+        unknown = sorted(set(data) - _field_names(cls)) + sorted(
+            f"data.{k}" for k in set(inner) - _field_names(DataConfig)
+        )
+        if unknown:
+            raise ValueError(f"the run's config has options this version does not know: {', '.join(unknown)}")
+        data["data"] = DataConfig(**inner)
         return cls(**data)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
