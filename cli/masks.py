@@ -2,8 +2,6 @@
 
 - ``fmpn masks template DATA_DIR [--limit N]``: mean MTCNN landmarks of a folder of face crops (JSON).
 - ``fmpn masks generate --pairs DIR --splits DIR --out DIR [--size 70]``: masks from CK+ neutral/peak pairs.
-- ``fmpn masks neutral-faces --pairs DIR --out DIR``: CK+ neutral frames in CK+48's framing (``fmpn cv --neutral``).
-- ``fmpn masks blend-faces --data DIR --neutral DIR --out DIR``: neutral-to-apex blends (``fmpn cv --blends``).
 - ``fmpn masks compare GENERATED_DIR ORIGINAL_DIR``: per-fold, per-class Pearson correlation.
 - ``fmpn masks grid GENERATED_DIR ORIGINAL_DIR --out FIG.png [--fold 0]``: side-by-side figure.
 """
@@ -54,19 +52,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     n.add_argument("--pairs", required=True, help="the ckplus-neutral-peak folder (with index.csv)")
     n.add_argument("--out", required=True, help="output folder")
     n.set_defaults(func=cmd_neutral_faces)
-
-    b = sub.add_parser(
-        "blend-faces",
-        help="CK+ faces between neutral and apex: each sequence's neutral face blended into its last CK+48 frame,"
-        " for `fmpn cv --blends`: OUT/<class>/",
-    )
-    b.add_argument("--data", required=True, help="the ckplus48 folder (with index.csv)")
-    b.add_argument("--neutral", required=True, help="the folder `fmpn masks neutral-faces` wrote")
-    b.add_argument("--out", required=True, help="output folder")
-    b.add_argument(
-        "--weights", default="0.5,0.75", help="comma-separated apex shares, each between 0 and 1 (default 0.5,0.75)"
-    )
-    b.set_defaults(func=cmd_blend_faces)
 
     reframe_help = (
         "warp the originals from the 'original' framing into this one before comparing; "
@@ -136,18 +121,6 @@ def cmd_neutral_faces(args: argparse.Namespace) -> int:
 
     count = write_neutral_faces(args.pairs, args.out)
     print(f"wrote {count} neutral faces to {args.out}/neutral/ and {args.out}/index.csv")
-    return 0
-
-
-def cmd_blend_faces(args: argparse.Namespace) -> int:
-    from training.blend import write_blends
-
-    try:
-        weights = tuple(float(w) for w in args.weights.split(","))
-    except ValueError:
-        raise ValueError(f"--weights takes numbers separated by commas, e.g. 0.5,0.75; got {args.weights!r}") from None
-    count = write_blends(args.data, args.neutral, args.out, weights)
-    print(f"wrote {count} blended faces to {args.out}/<class>/ and {args.out}/index.csv")
     return 0
 
 

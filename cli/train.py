@@ -27,11 +27,6 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
         help="ckplus48: folder from `fmpn masks neutral-faces`; its CK+ neutral frames of subjects outside the test"
         " fold train an extra class 'neutral', the test counts the seven CK+ classes",
     )
-    g.add_argument(
-        "--blends",
-        help="ckplus48: folder from `fmpn masks blend-faces`; its blends of a sequence's neutral frame into its apex"
-        " (subjects outside the test fold) train with the sequence's class: low-intensity faces",
-    )
     g.add_argument("--limit", type=int, help="use only N training images (class-balanced), for smoke runs")
 
 
@@ -168,7 +163,6 @@ def _configs(args: argparse.Namespace, stage: int):
         masks=args.masks,
         mask_classes=args.mask_classes.split(",") if args.mask_classes else None,
         neutral=args.neutral,
-        blends=args.blends,
         limit=args.limit,
     )
     return TrainConfig(

@@ -21,8 +21,6 @@ class DataConfig:
     ``mask_classes`` the class names of those files (default: CK+ order), mapped by name.
     ``neutral`` (ckplus48): a folder from ``fmpn masks neutral-faces``; the neutral faces of subjects outside
     the test fold train an extra class, and the test is scored on the seven CK+ classes (training/neutral.py).
-    ``blends`` (ckplus48): a folder from ``fmpn masks blend-faces``; the blends of subjects outside the test fold
-    (neutral frame into apex) join the training split with their sequence's class (training/blend.py).
     """
 
     layout: str = "folder"
@@ -34,7 +32,6 @@ class DataConfig:
     masks: str | None = None
     mask_classes: list[str] | None = None
     neutral: str | None = None
-    blends: str | None = None
     limit: int | None = None  # use only the first N training images (tests, smoke runs)
 
 

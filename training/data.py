@@ -16,7 +16,6 @@ from fmpn.classes import CKPLUS
 from fmpn.data import FaceDataset, PairedTransform, SampleSet, ckplus48_samples, fmpn_samples, folder_samples
 from fmpn.masks import load_mask_folder, masks_for_classes
 from fmpn.profiles import Profile
-from training.blend import add_blends
 from training.config import DataConfig
 from training.neutral import add_neutral
 
@@ -32,17 +31,14 @@ class Splits:
 
 
 def load_splits(cfg: DataConfig, classes: list[str] | None = None) -> Splits:
-    for option, value in (("--neutral", cfg.neutral), ("--blends", cfg.blends)):
-        if value and cfg.layout != "ckplus48":
-            raise ValueError(f"{option} adds CK+ faces to CK+ folds: it needs --layout ckplus48, not {cfg.layout}")
+    if cfg.neutral and cfg.layout != "ckplus48":
+        raise ValueError(f"--neutral adds CK+ neutral faces to CK+ folds: it needs --layout ckplus48, not {cfg.layout}")
     if cfg.layout == "folder":
         train = folder_samples(cfg.root, classes)
         evals = folder_samples(cfg.val_root, train.classes) if cfg.val_root else None
     elif cfg.layout == "ckplus48":
         fold = _need_fold(cfg)
         train, evals = ckplus48_samples(cfg.root, fold, "train"), ckplus48_samples(cfg.root, fold, "test")
-        if cfg.blends:
-            train = add_blends(train, evals, cfg.blends)
         if cfg.neutral:
             train = add_neutral(train, evals, cfg.neutral)
     elif cfg.layout == "fmpn":

@@ -72,22 +72,16 @@ def add_neutral(train: SampleSet, test: SampleSet, neutral_dir: str | Path) -> S
     Subjects are the first ``_`` field of CK+ file names (``S010_004_00000017.png``), so no test subject's
     neutral face is trained on and the folds stay subject-independent.
     """
+    index = Path(neutral_dir) / INDEX
+    if not index.is_file():
+        raise FileNotFoundError(f"no {INDEX} in {neutral_dir}: write it with `fmpn masks neutral-faces`")
     if NEUTRAL in train.classes:
         raise ValueError(f"the training split already has a class {NEUTRAL!r}")
-    label = len(train.classes)
-    rows = training_subject_rows(neutral_dir, test, "fmpn masks neutral-faces")
-    added = [Sample(Path(neutral_dir) / r["relpath"], label) for r in rows]
-    return SampleSet(train.samples + added, [*train.classes, NEUTRAL], train.skipped_classes, train.unreadable)
-
-
-def training_subject_rows(folder: str | Path, test: SampleSet, writer: str) -> list[dict]:
-    """The rows of ``folder/index.csv`` (relpath, subject, ...) whose subject has no face in ``test``."""
-    index = Path(folder) / INDEX
-    if not index.is_file():
-        raise FileNotFoundError(f"no {INDEX} in {folder}: write it with `{writer}`")
     held_out = {s.path.name.split("_")[0] for s in test.samples}
     with open(index, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["subject"] not in held_out]
-    if not rows:
-        raise ValueError(f"{index} has no face of a training subject")
-    return rows
+        rows = list(csv.DictReader(fh))
+    label = len(train.classes)
+    added = [Sample(Path(neutral_dir) / r["relpath"], label) for r in rows if r["subject"] not in held_out]
+    if not added:
+        raise ValueError(f"{index} has no neutral face of a training subject")
+    return SampleSet(train.samples + added, [*train.classes, NEUTRAL], train.skipped_classes, train.unreadable)
