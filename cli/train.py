@@ -74,10 +74,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--augment",
-        choices=["crop", "strong", "photo"],
+        choices=["crop", "strong"],
         default="crop",
-        help="crop: the original five-crop + flip (default); strong: + rotation, scale, shift, random erasing;"
-        " photo: strong + random contrast, brightness and blur (CK+: its sessions' contrast must not tell classes)",
+        help="crop: the original five-crop + flip (default); strong: + rotation, scale, shift, random erasing",
     )
     p.add_argument("--stop-after", type=int, help="end after N epochs; running the same command again resumes")
 

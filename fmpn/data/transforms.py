@@ -8,11 +8,6 @@ and flip go to the image and its class mask, as the original's shared ``lucky_di
 profile's training cross-entropy falls to 0.3 within 25 epochs while validation stalls at ~63 %): a random
 rotation, scale and shift shared by image and mask, then random erasing of one patch of the image only
 (the mask target is unchanged).
-
-``augment="photo"`` adds to ``strong`` a random contrast and brightness change and, half the time, a Gaussian
-blur, to the image only. CK+'s recording sessions differ in contrast and sharpness, and its contempt faces are the
-softest (pixel std 48 against 61-70 for the other classes, Laplacian variance 1,093 against 1,723-2,317): fine-tuned
-on CK+, a model learns "soft image = contempt" and calls the soft faces of other classes contempt (docs/results.md).
 """
 
 from __future__ import annotations
@@ -56,20 +51,12 @@ def to_tensor(image: Image.Image | np.ndarray) -> Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-AUGMENTS = ("crop", "strong", "photo")  # crop: five-crop + flip; strong: + affine + erasing; photo: + contrast, blur
+AUGMENTS = ("crop", "strong")  # crop: the original's five-crop + flip; strong: + affine + erasing
 # Corners and the erased patch are filled with 0, the image's and mask's black.
 STRONG_AFFINE = v2.RandomAffine(
     degrees=10.0, translate=(0.06, 0.06), scale=(0.9, 1.1), interpolation=v2.InterpolationMode.BILINEAR
 )
 STRONG_ERASE = v2.RandomErasing(p=0.5, scale=(0.02, 0.12), ratio=(1 / 3, 3.0), value=0.0)
-# Contrast x0.6-1.4 spans CK+'s spread between sessions (contempt's pixel std is 0.74x the others'); sigma up to
-# 1.2 px at 64 px softens a sharp face to a soft one's Laplacian variance. Grey stays grey (no saturation or hue).
-PHOTO_JITTER = v2.Compose(
-    [
-        v2.ColorJitter(brightness=0.2, contrast=0.4),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.3, 1.2))], p=0.5),
-    ]
-)
 
 
 class PairedTransform:
@@ -84,8 +71,7 @@ class PairedTransform:
             raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {strength!r}")
         self.image_size, self.load_size = image_size, load_size
         self.random = train and augment
-        self.strong = self.random and strength in ("strong", "photo")
-        self.photo = self.random and strength == "photo"
+        self.strong = self.random and strength == "strong"
         self._masks: dict[tuple[int, int, int], Tensor] = {}  # (id(mask), h, w) -> resized mask
 
     def __call__(self, image: Image.Image, mask: np.ndarray | None = None) -> tuple[Tensor, Tensor | None]:
@@ -108,8 +94,6 @@ class PairedTransform:
         if self.strong:  # one warp of image and mask stacked: the same geometry for both
             both = STRONG_AFFINE(img if mask is None else torch.cat([img, mask]))
             img, mask = (both, None) if mask is None else (both[:3], both[3:])
-            if self.photo:
-                img = PHOTO_JITTER(img).clamp_(0.0, 1.0)
             img = STRONG_ERASE(img)
         return img, mask
 
