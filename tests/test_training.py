@@ -166,12 +166,13 @@ def test_cv_ensemble_of_finished_runs(data, tmp_path, capsys) -> None:
     shutil.copytree(cv / "fold_0", tmp_path / "mixed" / "fold_9")
     with pytest.raises(ValueError, match="tested other images"):
         ensemble_fold([cv, tmp_path / "mixed"], 9)
-    # A run whose config names an option this version lacks (written by another version) is refused by name.
-    stored = tmp_path / "mixed" / "fold_9" / "stage2" / "config.json"
+    # An option this version lacks (a run of another version): left off, it is dropped; set, it is refused by name.
+    stored = cv / "fold_9" / "stage2" / "config.json"
     cfg = json.loads(stored.read_text())
-    cfg["data"]["replay"] = "../shared/data/fer2013/train"
-    stored.write_text(json.dumps(cfg))
-    assert main(["cv-ensemble", str(tmp_path / "mixed"), "--folds", "9"]) == 2
+    stored.write_text(json.dumps({**cfg, "ema": 0.0, "data": {**cfg["data"], "replay": None}}))
+    assert ensemble_fold([cv], 9)["confusion"] == results[1]["confusion"]
+    stored.write_text(json.dumps({**cfg, "data": {**cfg["data"], "replay": "../shared/data/fer2013/train"}}))
+    assert main(["cv-ensemble", str(cv), "--folds", "9"]) == 2
     assert "options this version does not know: data.replay" in capsys.readouterr().err
 
 

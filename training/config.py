@@ -89,16 +89,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """A run's stored config.json; options this version does not know are named, not a TypeError."""
-        data, inner = dict(data), dict(data.get("data", {}))
-        unknown = sorted(set(data) - _field_names(cls)) + sorted(
-            f"data.{k}" for k in set(inner) - _field_names(DataConfig)
-        )
-        if unknown:
-            raise ValueError(f"the run's config has options this version does not know: {', '.join(unknown)}")
-        data["data"] = DataConfig(**inner)
-        return cls(**data)
+        """A run's stored config.json. An option this version does not know is dropped where the run left it off
+        (None, 0, False: trained as without it) and named otherwise, rather than a TypeError."""
+        top = _known(cls, data, "")
+        top["data"] = DataConfig(**_known(DataConfig, data.get("data", {}), "data."))
+        return cls(**top)
 
 
-def _field_names(cls: type) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
+def _known(cls: type, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(f"{prefix}{k}" for k, v in values.items() if k not in names and v not in (None, 0, False))
+    if unknown:
+        raise ValueError(f"the run's config has options this version does not know: {', '.join(unknown)}")
+    return {k: v for k, v in values.items() if k in names}
