@@ -173,12 +173,15 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
 
 def register_figures(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("figures", help="docs figures: class masks, predicted masks on validation faces")
+    p = subparsers.add_parser(
+        "figures", help="docs figures: class masks, predicted masks on validation faces, mean predicted masks per class"
+    )
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="class-folder validation set, e.g. ../shared/data/fer2013/val")
     p.add_argument("--masks", required=True, help="the CK+ mask folder the model was trained with")
     p.add_argument("--out", default="docs", help="output folder")
-    p.add_argument("--per-class", type=int, default=4)
+    p.add_argument("--per-class", type=int, default=4, help="faces a class in predicted-masks.png")
+    p.add_argument("--limit", type=int, default=None, help="mean-masks.png: the first N faces a class (default: all)")
     p.set_defaults(func=cmd_figures)
 
 
@@ -187,11 +190,14 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
     from fmpn.checkpoint import load_checkpoint
     from fmpn.classes import CKPLUS
-    from training.figures import class_masks_figure, fer2013_class_masks, predicted_masks_figure
+    from training.figures import class_masks_figure, fer2013_class_masks, mean_masks_figure, predicted_masks_figure
 
     classes = load_checkpoint(args.checkpoint).classes
     out = Path(args.out)
-    a = class_masks_figure(fer2013_class_masks(args.masks, classes, CKPLUS), classes, out / "class-masks.png")
+    masks = fer2013_class_masks(args.masks, classes, CKPLUS)
+    a = class_masks_figure(masks, classes, out / "class-masks.png")
     b = predicted_masks_figure(args.checkpoint, args.data, out / "predicted-masks.png", args.per_class)
-    print(f"wrote {a} and {b}")
+    c, stats = mean_masks_figure(args.checkpoint, args.data, masks, out / "mean-masks.png", limit_per_class=args.limit)
+    print(stats.format())
+    print(f"wrote {a}, {b} and {c}")
     return 0

@@ -119,8 +119,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cv.add_argument("--ablation", action="store_true", help="the classifier alone (stage 2 only, no prior)")
     cv.add_argument(
         "--pretrained",
-        help="start stage 2 of each fold from this checkpoint (e.g. FER2013), no stage 1; {fold} is replaced by the "
-        "fold, to go on from each fold's model of an earlier run",
+        help="start each fold from this checkpoint (e.g. FER2013): stage 2 only, or with --stage1-niter first stage 1 "
+        "(the FMG alone fitted to the fold's masks); {fold} is replaced by the fold, to go on from each fold's model "
+        "of an earlier run",
     )
     cv.add_argument("--stage1-niter", type=int, help="stage-1 epochs at full lr (default: the profile's)")
     cv.add_argument("--stage1-niter-decay", type=int)
@@ -229,7 +230,9 @@ def cmd_cv(args: argparse.Namespace) -> int:
     stage1 = None
     if args.pretrained:
         stage2.init, stage2.init_parts = args.pretrained, ["generator", "fusion", "classifier"]
-    elif not args.ablation:
+    if not args.ablation and (not args.pretrained or args.stage1_niter is not None):
+        # From a pretrained model, stage 1 runs only when asked: it fits the pretrained FMG to the fold's masks
+        # (the model's other nets ride along unchanged) before stage 2 goes on from the result.
         stage1 = copy.deepcopy(stage2)
         stage1.stage, stage1.niter, stage1.niter_decay = 1, args.stage1_niter, args.stage1_niter_decay
         stage1.lr = None

@@ -339,13 +339,16 @@ def test_compare_and_grid_commands(generated, original_masks, tmp_path, capsys):
     assert "no common fold" in capsys.readouterr().err
 
 
-def test_figures_command_draws_the_class_masks_and_predicted_masks_per_class(fer2013, original_masks, tmp_path):
+def test_figures_command_draws_the_class_masks_and_predicted_masks_per_class(fer2013, original_masks, tmp_path, capsys):
     """`fmpn masks figures` with the released model: one row per class, a face and its overlay per pick."""
     from cli.main import main
 
     weights = Path(__file__).resolve().parents[1] / "weights" / "fmpn-cpu-fer2013.safetensors"
     args = ["masks", "figures", str(weights), "--data", str(fer2013 / "val"), "--masks", str(original_masks / "0")]
-    assert main([*args, "--out", str(tmp_path), "--per-class", "2"]) == 0
+    assert main([*args, "--out", str(tmp_path), "--per-class", "2", "--limit", "6"]) == 0
+    printed = capsys.readouterr().out
+    assert "less the mean over classes" in printed and "angry 6 (" in printed and "surprise 6 (" in printed
+    assert (tmp_path / "mean-masks.png").is_file()
     classes = Image.open(tmp_path / "class-masks.png")
     assert classes.size == (7 * (128 + 6) + 6, 128 + 26 + 6)
     figure = np.asarray(Image.open(tmp_path / "predicted-masks.png").convert("RGB")).astype(int)
@@ -360,3 +363,35 @@ def test_figures_command_draws_the_class_masks_and_predicted_masks_per_class(fer
         heat = np.clip(2 * overlay - face, 0, 255)
         assert face.std() > 10 and np.abs(face - overlay).mean() > 10
         assert heat.reshape(-1, 3).std(0).max() > 20, f"row {row}: the overlay's heat map is flat"
+
+
+def test_mean_masks_figure_averages_each_class_and_scores_what_is_class_specific(fer2013, original_masks, tmp_path):
+    """Per class: the mean face, the FMG's mean predicted mask over it and the target, and correlations that tell a
+    generator drawing each class's own motion from one drawing the same mask for every class."""
+    from fmpn.checkpoint import load_checkpoint
+    from training import figures
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "fmpn-cpu-fer2013.safetensors"
+    classes = load_checkpoint(weights).classes
+    masks = figures.fer2013_class_masks(original_masks / "0", classes, list(CKPLUS))
+    out, stats = figures.mean_masks_figure(weights, fer2013 / "val", masks, tmp_path / "m.png", limit_per_class=5)
+    assert stats.counts == [5] * 7 and all(0 <= r <= 1 for r in stats.recall)
+    figure = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    tile, gap, top, left = 128, 6, 24, 118
+    assert figure.shape[:2] == (top + 3 * (tile + gap) + 20, left + 7 * (tile + gap))
+    for i in range(7):
+        x = left + i * (tile + gap)
+        face, overlay, target = (figure[top + r * (tile + gap) :][:tile, x : x + tile] for r in range(3))
+        assert face.std() > 5, f"column {i}: no mean face"  # an average of five faces still has eyes and a mouth
+        assert np.abs(face - overlay).mean() > 10 and target.reshape(-1, 3).std(0).max() > 20
+    # The target row is each class's own mask: the figure's eye cannot tell, so the targets' own correlations do.
+    size = load_checkpoint(weights).profile.image_size
+    stack = torch.stack([torch.from_numpy(cv2.resize(m, (size, size))).float() / 255 for m in masks])  # 0-1
+    same = figures._correlations(stack, stack)
+    assert all(abs(same[i][i] - 1) < 1e-6 for i in range(7))
+    # One mask for every class correlates with every target alike as it is, and with none once the mean is taken out.
+    constant = stack.mean(0, keepdim=True).expand(7, -1, -1)
+    as_is = figures._correlations(constant, stack)
+    assert all(abs(row[j] - as_is[0][j]) < 1e-9 for row in as_is for j in range(7))
+    centred = figures._correlations(constant - constant.mean(0), stack - stack.mean(0))
+    assert all(abs(v) < 1e-9 for row in centred for v in row)

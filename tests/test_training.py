@@ -192,6 +192,33 @@ def test_cv_pretrained_fold_template_starts_each_fold_from_its_own_model(data, t
         assert not torch.allclose(went_on, own[other], atol=1e-6)
 
 
+def test_cv_stage1_from_a_pretrained_model_fits_its_fmg_and_hands_the_rest_on(ckplus48, fmpn_original, tmp_path):
+    """``--pretrained`` with ``--stage1-niter``: stage 1 trains the pretrained model's FMG on the fold's masks while its
+    PFN and CN ride along untouched, and stage 2 starts from that whole model; without it, no stage 1 runs."""
+    masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
+    base = ["cv", "--layout", "ckplus48", "--data", str(ckplus48), "--masks", masks, "--limit", "32", "--folds", "0"]
+    base += ["--batch-size", "16", "--no-progress", "--device", "cpu", "--niter", "1", "--niter-decay", "0"]
+    assert main([*base, "--out", str(tmp_path / "pre"), "--stage1-niter", "1", "--stage1-niter-decay", "0"]) == 0
+    pretrained = tmp_path / "pre" / "fold_0" / "stage2" / "model.safetensors"
+    tail = [*base, "--pretrained", str(pretrained), "--lr", "1e-12", "--max-steps", "2"]
+    assert main([*tail, "--out", str(tmp_path / "s1"), "--stage1-niter", "2", "--stage1-niter-decay", "0"]) == 0
+    assert main([*tail, "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "fold_0" / "stage1").exists()  # stage 2 only, as before
+    start = load_checkpoint(pretrained).state_dict
+    fitted = load_checkpoint(tmp_path / "s1" / "fold_0" / "stage1" / "model.safetensors").state_dict
+    final = load_checkpoint(tmp_path / "s1" / "fold_0" / "stage2" / "model.safetensors").state_dict
+    plain = load_checkpoint(tmp_path / "plain" / "fold_0" / "stage2" / "model.safetensors").state_dict
+    for key in start:
+        if key.startswith(("fusion.", "classifier.")):  # carried through stage 1 bit for bit (BN statistics too)
+            assert torch.equal(fitted[key], start[key]), key
+    moved = [k for k in start if k.startswith("generator.") and not torch.equal(fitted[k], start[k])]
+    assert len(moved) > 10, "stage 1 did not train the pretrained FMG"
+    # Stage 2 went on from the fitted FMG (two steps at the FMG's 1e-4 move it little), the plain run from the old one.
+    key = "generator.top.0.weight"
+    assert (final[key] - fitted[key]).abs().max() < (plain[key] - fitted[key]).abs().max()
+    assert torch.allclose(final["classifier.fc.weight"], start["classifier.fc.weight"], atol=1e-6)
+
+
 def test_two_process_ddp_step_leaves_identical_weights(ckplus48, fmpn_original, tmp_path) -> None:
     masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

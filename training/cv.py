@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], out: str | Path) -> list[dict]:
-    """``stage1`` None skips stage 1 (the ablation, or stage 2 initialised from a pretrained model)."""
+    """``stage1`` None skips stage 1 (the ablation, or stage 2 straight from a pretrained model). With a pretrained
+    start and ``stage1``, stage 1 starts from the pretrained model too, fits its FMG to the fold's masks and hands
+    the whole model on to stage 2."""
     out = Path(out)
     results = []
     for fold in folds:
@@ -34,14 +36,12 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
             results.append(json.loads(result_path.read_text()))
             continue
         t0 = time.perf_counter()
-        init = stage2.init.replace("{fold}", str(fold)) if stage2.init else None  # per-fold start, as --masks
+        cfg2 = _for_fold(stage2, fold, fold_dir / "stage2")
         if stage1 is not None:
             first = train(_for_fold(stage1, fold, fold_dir / "stage1"))
             if not first.finished:  # --stop-after: the same command resumes this fold from its last.pt
                 break
-            init = str(first.checkpoint)
-        cfg2 = _for_fold(stage2, fold, fold_dir / "stage2")
-        cfg2.init = init
+            cfg2.init = str(first.checkpoint)  # a pretrained start's other nets ride along in it unchanged
         second = train(cfg2)
         if not second.finished:
             break
@@ -70,6 +70,8 @@ def _for_fold(cfg: TrainConfig, fold: int, out: Path) -> TrainConfig:
     cfg = copy.deepcopy(cfg)
     cfg.data.fold = fold
     cfg.out = str(out)
+    if cfg.init:
+        cfg.init = cfg.init.replace("{fold}", str(fold))  # a per-fold start, as --masks
     return cfg
 
 

@@ -1,14 +1,17 @@
-"""Figures people look at: the class masks, and predicted masks over validation faces per class."""
+"""Figures people look at: the class masks, predicted masks over validation faces per class, and per class the
+mean predicted mask over all its validation faces."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from torch.utils.data import DataLoader
 
 from fmpn.checkpoint import load_checkpoint
 from fmpn.data import folder_samples
@@ -90,6 +93,128 @@ def predicted_masks_figure(
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
+
+
+@dataclass
+class MeanMasks:
+    """Per class, over its validation faces: how many, the share predicted right, and the Pearson correlation of
+    the FMG's mean predicted mask with every class's target mask (rows: the faces' class, columns: the target's).
+    ``correlation`` compares the masks as they are; all of them share the face's outline, eyes and mouth, so it is
+    high everywhere. ``specific`` first subtracts the mean over classes from the predicted masks and from the
+    targets: what is left is each class's own motion, and a generator that draws the same mask for every class
+    scores about 0 on its diagonal."""
+
+    classes: list[str]
+    counts: list[int]
+    recall: list[float]
+    correlation: list[list[float]]
+    specific: list[list[float]]
+
+    def format(self) -> str:
+        width = max(len(c) for c in self.classes)
+        header = " " * (width + 2) + " ".join(c[:7].rjust(7) for c in self.classes)
+        lines = []
+        for title, matrix in (("as they are", self.correlation), ("less the mean over classes", self.specific)):
+            lines += [f"correlation of each class's mean predicted mask with each class's target, {title}:", header]
+            lines += [
+                f"  {name:<{width}}" + " ".join(f"{v:7.3f}" for v in row)
+                for name, row in zip(self.classes, matrix, strict=True)
+            ]
+        lines.append(
+            "faces (recall): "
+            + ", ".join(f"{c} {n} ({r:.3f})" for c, n, r in zip(self.classes, self.counts, self.recall, strict=True))
+        )
+        return "\n".join(lines)
+
+
+def _correlations(a: torch.Tensor, b: torch.Tensor) -> list[list[float]]:
+    """Pearson correlation of every row of ``a`` (K, ...) with every row of ``b``; a flat row (masks are 0-1, so a
+    spread under 1e-6 is rounding) correlates 0 with everything."""
+
+    def unit(x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1).double()
+        x = x - x.mean(1, keepdim=True)
+        std = x.std(1, keepdim=True)
+        return torch.where(std > 1e-6, x / std.clamp_min(1e-6), torch.zeros_like(x))
+
+    ua, ub = unit(a), unit(b)
+    return ((ua @ ub.T) / (ua.shape[1] - 1)).tolist()
+
+
+@torch.inference_mode()
+def mean_masks_figure(
+    checkpoint: str | Path,
+    data: str | Path,
+    masks: Sequence[np.ndarray],
+    out: str | Path,
+    tile: int = 128,
+    limit_per_class: int | None = None,
+    batch_size: int = 256,
+) -> tuple[Path, MeanMasks]:
+    """Columns = classes; rows: the mean of the class's validation faces, the FMG's mean predicted mask laid over
+    it, and the mask the FMG was trained towards. An average of dozens to hundreds of faces shows where the generator
+    puts motion per class without showing any one person, so this figure, unlike ``predicted-masks.png``, can be
+    committed. ``masks``: the class masks in the checkpoint's class order."""
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.build_model().eval()
+    if model.generator is None:
+        raise ValueError(f"{checkpoint} has no motion-mask generator (an ablation model): no masks to draw")
+    split = folder_samples(data, ckpt.classes, check=False)
+    if limit_per_class is not None:
+        taken = [0] * len(ckpt.classes)
+        kept = []
+        for sample in split.samples:
+            if taken[sample.label] < limit_per_class:
+                taken[sample.label] += 1
+                kept.append(sample)
+        split.samples = kept
+    k, size = len(ckpt.classes), ckpt.profile.image_size
+    faces, predicted, targets = torch.zeros(k, size, size), torch.zeros(k, size, size), torch.zeros(k, size, size)
+    counts, right = torch.zeros(k), torch.zeros(k)
+    dataset = make_dataset(split, ckpt.profile, list(masks), train=False)
+    for batch in DataLoader(dataset, batch_size=batch_size):
+        logits, mask = model(batch["image"])
+        labels = batch["label"]
+        faces.index_add_(0, labels, batch["image"].mean(1))
+        predicted.index_add_(0, labels, mask[:, 0].float())
+        targets.index_add_(0, labels, batch["mask"][:, 0])
+        counts += torch.bincount(labels, minlength=k)
+        right += torch.bincount(labels[logits.argmax(1) == labels], minlength=k)
+    if (counts == 0).any():
+        missing = [c for c, n in zip(ckpt.classes, counts.tolist(), strict=True) if n == 0]
+        raise ValueError(f"{data} has no validation faces of {', '.join(missing)}: every class needs some")
+    scale = counts.view(k, 1, 1)
+    faces, predicted, targets = faces / scale, predicted / scale, targets / scale
+    stats = MeanMasks(
+        list(ckpt.classes),
+        counts.int().tolist(),
+        (right / counts).tolist(),
+        _correlations(predicted, targets),
+        _correlations(predicted - predicted.mean(0), targets - targets.mean(0)),
+    )
+
+    gap, top, left, bottom = 6, 24, 118, 20
+    rows = ("mean face", "mean predicted\nmask", "target mask")
+    canvas = Image.new("RGB", (left + k * (tile + gap), top + len(rows) * (tile + gap) + bottom), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, name in enumerate(ckpt.classes):
+        x = left + i * (tile + gap)
+        face = np.repeat((faces[i].numpy() * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+        # Both masks on the targets' scale (0-1), so that their colours compare directly.
+        predicted_mask = predicted[i].clamp(0, 1).numpy()
+        cells = (face, heat_overlay(face, predicted_mask), heat_overlay(face, targets[i].numpy(), alpha=1.0))
+        for r, img in enumerate(cells):
+            resized = cv2.resize(np.ascontiguousarray(img), (tile, tile), interpolation=cv2.INTER_LINEAR)
+            canvas.paste(Image.fromarray(resized), (x, top + r * (tile + gap)))
+        draw.text((x + 2, 4), name, fill="black", font=_font(15))
+        caption = f"n={stats.counts[i]}  r={stats.correlation[i][i]:.2f} / {stats.specific[i][i]:.2f}"
+        draw.text((x + 2, top + len(rows) * (tile + gap)), caption, fill="black", font=_font(13))
+    for r, name in enumerate(rows):
+        draw.multiline_text((6, top + r * (tile + gap) + tile // 2 - 14), name, fill="black", font=_font(14))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out, stats
 
 
 def fer2013_class_masks(
