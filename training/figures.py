@@ -26,10 +26,14 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def heat_map(mask: np.ndarray) -> np.ndarray:
+    """A (H, W) mask in [0, 1] as an RGB (H, W, 3) uint8 JET heat map."""
+    return cv2.applyColorMap((mask * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
+
+
 def heat_overlay(face: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """RGB face (H, W, 3) uint8 with a (H, W) mask in [0, 1] blended on as a JET heat map."""
-    heat = cv2.applyColorMap((mask * 255).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-    return (face * (1 - alpha) + heat * alpha).astype(np.uint8)
+    return (face * (1 - alpha) + heat_map(mask) * alpha).astype(np.uint8)
 
 
 def class_masks_figure(masks: Sequence[np.ndarray], classes: Sequence[str], out: str | Path, tile: int = 128) -> Path:
@@ -202,7 +206,7 @@ def mean_masks_figure(
         face = np.repeat((faces[i].numpy() * 255).astype(np.uint8)[:, :, None], 3, axis=2)
         # Both masks on the targets' scale (0-1), so that their colours compare directly.
         predicted_mask = predicted[i].clamp(0, 1).numpy()
-        cells = (face, heat_overlay(face, predicted_mask), heat_overlay(face, targets[i].numpy(), alpha=1.0))
+        cells = (face, heat_overlay(face, predicted_mask), heat_map(targets[i].numpy()))
         for r, img in enumerate(cells):
             resized = cv2.resize(np.ascontiguousarray(img), (tile, tile), interpolation=cv2.INTER_LINEAR)
             canvas.paste(Image.fromarray(resized), (x, top + r * (tile + gap)))
