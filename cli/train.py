@@ -65,6 +65,13 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
         "0 to 2: 1 aims the plain argmax at the mean per-class recall, 0 plain CE (default)",
     )
     p.add_argument(
+        "--lambda-mask",
+        type=float,
+        metavar="W",
+        help="stage 2: weight of the mask loss beside the class loss (the original's --lambda_resface; default: the "
+        "profile's, 0.1); a higher weight keeps the FMG's masks class-specific through stage 2",
+    )
+    p.add_argument(
         "--mixup",
         type=float,
         default=0.0,
@@ -184,6 +191,7 @@ def _configs(args: argparse.Namespace, stage: int):
         stop_after=args.stop_after,
         balance=args.balance,
         logit_adjust=args.logit_adjust,
+        lambda_mask=args.lambda_mask,
         mixup=args.mixup,
         augment=args.augment,
         progress=not args.no_progress,

@@ -407,6 +407,27 @@ def test_mixup_option_trains_and_rejects_bad_values(ckplus48, tmp_path, capsys) 
     assert history and 0.0 < history[-1]["ce"] < 10.0
 
 
+def test_lambda_mask_weighs_the_mask_loss_in_stage2_and_rejects_bad_values(
+    ckplus48, fmpn_original, tmp_path, capsys
+) -> None:
+    from cli.main import main
+
+    masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
+    args = ["train", "stage2", "--layout", "ckplus48", "--data", str(ckplus48), "--fold", "0", "--masks", masks]
+    args += ["--limit", "16", "--niter", "1", "--niter-decay", "0", "--max-steps", "2", "--no-progress"]
+    args += ["--device", "cpu", "--batch-size", "8"]
+    assert main([*args, "--lambda-mask", "-1", "--out", str(tmp_path / "bad")]) == 2
+    assert "--lambda-mask weighs the mask loss and must be >= 0, got -1" in capsys.readouterr().err
+    for weight, name in ((None, "default"), (5.0, "heavy")):
+        extra = [] if weight is None else ["--lambda-mask", str(weight)]
+        assert main([*args, *extra, "--out", str(tmp_path / name)]) == 0
+        assert json.loads((tmp_path / name / "config.json").read_text())["lambda_mask"] == weight
+        epoch = json.loads((tmp_path / name / "history.json").read_text())[-1]
+        # The logged loss is the epoch's mean of CE + w * MSE: w is the profile's 0.1 unless the option names one.
+        expected = CPU.lambda_mask if weight is None else weight
+        assert epoch["mse"] > 0 and epoch["loss"] == pytest.approx(epoch["ce"] + expected * epoch["mse"], rel=1e-4)
+
+
 def test_a_fold_is_scored_one_view_and_mirrored_from_one_forward_pass(fer2013, monkeypatch) -> None:
     """`score_views` (each CV fold's test, `fmpn cv-ensemble`) runs the faces and their mirror images as one batch,
     not the faces a second time, and scores each view as the service's `class_probabilities` does."""
