@@ -49,7 +49,7 @@ class TrainConfig:
     init: str | None = None  # checkpoint to start from (stage 1 output, or a pretrained model)
     init_parts: list[str] = field(default_factory=lambda: ["generator"])
     balance: float = 0.0  # class-balanced sampling: 0 natural frequencies .. 1 every class equally often
-    lambda_mask: float | None = None  # stage 2: the mask loss's weight (the original's --lambda_resface); None: profile's
+    lambda_mask: float | None = None  # stage 2: mask-loss weight (the original's --lambda_resface); None: profile's
     logit_adjust: float = 0.0  # CE on logits + tau * log(class frequency) (Menon et al. 2021); 0 plain CE
     mixup: float = 0.0  # stage 2: blend pairs of faces and their targets, weight ~ Beta(alpha, alpha); 0 off
     soft_labels: str | None = None  # stage 2: teacher probabilities per training image (`fmpn soft-labels`)
