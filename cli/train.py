@@ -203,6 +203,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _configure_logging()
     cfg = _configs(args, 1 if args.stage == "stage1" else 2)
+    if cfg.stage == 1 and cfg.lambda_mask is not None:
+        raise ValueError(
+            "--lambda-mask weighs the mask loss beside stage 2's class loss; stage 1 trains the mask alone"
+        )
     if cfg.stage == 2:
         cfg.init, cfg.ablation, cfg.select = args.init, args.ablation, args.select
         if args.soft_weight is not None and args.soft_labels is None:

@@ -418,6 +418,11 @@ def test_lambda_mask_weighs_the_mask_loss_in_stage2_and_rejects_bad_values(
     args += ["--device", "cpu", "--batch-size", "8"]
     assert main([*args, "--lambda-mask", "-1", "--out", str(tmp_path / "bad")]) == 2
     assert "--lambda-mask weighs the mask loss and must be >= 0, got -1" in capsys.readouterr().err
+    assert main([*args, "--lambda-mask", "1", "--ablation", "--out", str(tmp_path / "ablation")]) == 2
+    assert "the ablation (the CN alone) has none" in capsys.readouterr().err
+    stage1 = [a if a != "stage2" else "stage1" for a in args]
+    assert main([*stage1, "--lambda-mask", "1", "--out", str(tmp_path / "stage1")]) == 2
+    assert "stage 1 trains the mask alone" in capsys.readouterr().err
     for weight, name in ((None, "default"), (5.0, "heavy")):
         extra = [] if weight is None else ["--lambda-mask", str(weight)]
         assert main([*args, *extra, "--out", str(tmp_path / name)]) == 0

@@ -86,6 +86,8 @@ class TrainConfig:
         if self.lambda_mask is not None:
             if self.lambda_mask < 0:
                 raise ValueError(f"--lambda-mask weighs the mask loss and must be >= 0, got {self.lambda_mask}")
+            if self.ablation:
+                raise ValueError("--lambda-mask weighs the FMG's mask loss; the ablation (the CN alone) has none")
             profile = profile.replace(lambda_mask=self.lambda_mask)
         return profile.replace(prior=False) if self.ablation else profile
 
