@@ -203,10 +203,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _configure_logging()
     cfg = _configs(args, 1 if args.stage == "stage1" else 2)
-    if cfg.stage == 1 and cfg.lambda_mask is not None:
-        raise ValueError(
-            "--lambda-mask weighs the mask loss beside stage 2's class loss; stage 1 trains the mask alone"
-        )
     if cfg.stage == 2:
         cfg.init, cfg.ablation, cfg.select = args.init, args.ablation, args.select
         if args.soft_weight is not None and args.soft_labels is None:
@@ -247,7 +243,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
         # (the model's other nets ride along unchanged) before stage 2 goes on from the result.
         stage1 = copy.deepcopy(stage2)
         stage1.stage, stage1.niter, stage1.niter_decay = 1, args.stage1_niter, args.stage1_niter_decay
-        stage1.lr = None
+        stage1.lr = stage1.lambda_mask = None  # stage 1 keeps its profile's rate and has no class loss to weigh against
     folds = parse_folds(args.folds)
     results = run_cv(stage1, stage2, folds, args.out)
     if results:

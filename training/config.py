@@ -88,6 +88,10 @@ class TrainConfig:
                 raise ValueError(f"--lambda-mask weighs the mask loss and must be >= 0, got {self.lambda_mask}")
             if self.ablation:
                 raise ValueError("--lambda-mask weighs the FMG's mask loss; the ablation (the CN alone) has none")
+            if self.stage == 1:
+                raise ValueError(
+                    "--lambda-mask weighs the mask loss beside stage 2's class loss; stage 1 trains the mask alone"
+                )
             profile = profile.replace(lambda_mask=self.lambda_mask)
         return profile.replace(prior=False) if self.ablation else profile
 
