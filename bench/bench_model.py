@@ -3,6 +3,7 @@
     python bench/bench_model.py                       # cpu and paper profiles, on CUDA when present
     python bench/bench_model.py --profiles cpu --seconds 5
     python bench/bench_model.py --profiles paper --batch-sizes 1,32,128,256 --compile   # a GPU
+    python bench/bench_model.py --profiles cpu,cpu+cpu-fine --no-train --flip-average   # a release ensemble
 
 Inference is the model alone (input already on the device), under ``torch.inference_mode``, eval
 mode. Training is one full stage-2 step: forward, ``lambda_cls * CE + lambda_mask * MSE(mask)``,
@@ -12,6 +13,9 @@ its ``--seconds`` budget is spent (at least ``--min-runs`` unless one run alone 
 and reports the median. On CPU, a call foreseen (from the batches measured before it) to take over
 four budgets is timed once, cold, and marked ``*``: the paper profile's large batches take tens of
 seconds a call on two cores, so the whole default run stays within a few minutes.
+
+A name joining profiles with "+" (``cpu+cpu-fine``) times an ensemble of those models, as ``fmpn release
+--ensemble`` writes it (inference only: ensembles are not trained as one).
 
 CPU timings are only meaningful on an otherwise idle machine: with another process busy, torch's
 threads wait on each other (the load average is printed; ``--threads 1`` is steadier then).
@@ -39,7 +43,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fmpn.models import build_fmpn, class_probabilities  # noqa: E402
+from fmpn.models import Ensemble, build_fmpn, class_probabilities  # noqa: E402
 from fmpn.profiles import PROFILES, Profile, get_profile  # noqa: E402
 
 GOAL_CPU_LATENCY_MS = 25.0  # cpu profile, batch 1, 2-core CPU
@@ -88,7 +92,9 @@ def parse_sizes(text: str) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--profiles", default="cpu,paper", help=f"comma-separated, from: {', '.join(PROFILES)}")
+    p.add_argument(
+        "--profiles", default="cpu,paper", help=f"comma-separated, from: {', '.join(PROFILES)}; a+b: their ensemble"
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--batch-sizes", default=None, help="inference batch sizes (default 1,32 on CPU, 1,32,256 on CUDA)")
     p.add_argument(
@@ -193,10 +199,24 @@ def peak_mib(s: Settings) -> float | None:
     return torch.cuda.max_memory_allocated(s.device) / 2**20 if s.device.type == "cuda" else None
 
 
+def resolve(name: str) -> Profile:
+    """A profile by name; ``a+b``: an ensemble of those profiles, named so, at the first one's input size."""
+    members = [get_profile(n) for n in name.split("+")]
+    if any(m.image_size != members[0].image_size for m in members):
+        raise ValueError(f"the members of {name} differ in input size: no ensemble")
+    return members[0] if len(members) == 1 else members[0].replace(name=name)
+
+
+def build(profile: Profile) -> nn.Module:
+    if "+" in profile.name:
+        return Ensemble([build_fmpn(get_profile(n), 7) for n in profile.name.split("+")])
+    return build_fmpn(profile, 7)
+
+
 def bench_inference(
     profile: Profile, batches: list[int], s: Settings, mode: str | None, flip: bool = False
 ) -> list[Result]:
-    model = maybe_compile(prepare(build_fmpn(profile, 7).eval(), s), s, mode)
+    model = maybe_compile(prepare(build(profile).eval(), s), s, mode)
     results = []
     for batch in batches:
         x = faces(profile, batch, s)
@@ -262,14 +282,14 @@ def bench_training(
 
 
 HEADER = (
-    f"{'profile':<8} {'size':>4} {'mode':<6} {'batch':>5} {'runs':>4} {'ms/batch':>10} {'ms/face':>9} {'faces/s':>9}"
+    f"{'profile':<12} {'size':>4} {'mode':<6} {'batch':>5} {'runs':>4} {'ms/batch':>10} {'ms/face':>9} {'faces/s':>9}"
 )
 
 
 def print_row(r: Result, s: Settings) -> None:
     peak = f" {r.peak_mib:>9.0f}" if r.peak_mib is not None else ""
     print(
-        f"{r.profile:<8} {r.image_size:>4} {r.mode:<6} {r.batch:>5} {str(r.runs) + ('' if r.warm else '*'):>4} "
+        f"{r.profile:<12} {r.image_size:>4} {r.mode:<6} {r.batch:>5} {str(r.runs) + ('' if r.warm else '*'):>4} "
         f"{1000 * r.median_s:>10.2f} "
         f"{r.ms_per_face:>9.2f} {r.per_s:>9.1f}{peak}",
         flush=True,
@@ -352,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    profiles = [get_profile(name) for name in parse_sizes(args.profiles)]
+    profiles = [resolve(name) for name in parse_sizes(args.profiles)]
     infer_batches = [int(b) for b in parse_sizes(args.batch_sizes or ("1,32,256" if cuda else "1,32"))]
 
     name = torch.cuda.get_device_name(device) if cuda else (platform.processor() or platform.machine())
@@ -376,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         results += bench_inference(profile, infer_batches, s, args.compile_mode)
         if args.flip_average:
             results += bench_inference(profile, infer_batches, s, args.compile_mode, flip=True)
-        if not args.no_train:
+        if not args.no_train and "+" not in profile.name:
             train_batches: list[int] = []
             for token in parse_sizes(args.train_batch_sizes):
                 b = profile.stage2.batch_size if token == "stage2" else int(token)

@@ -6,6 +6,7 @@ import argparse
 import json
 
 FORMATS = ("onnx", "torchscript")  # kept in step with training.export.FORMATS (not imported: torch is slow)
+STORAGES = ("float16", "int8", "float32")  # and with fmpn.checkpoint.STORAGES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,14 +42,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def register_release(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("release", help="write released weights: float16 storage, same metadata")
+    p = subparsers.add_parser("release", help="write released weights: float16 or int8 storage, same metadata")
     p.add_argument(
         "checkpoint",
         nargs="+",
         help="a checkpoint; several (one profile and classes) are averaged weight by weight (a model soup)",
     )
     p.add_argument("--out", required=True, help="e.g. weights/fmpn-cpu-fer2013.safetensors")
-    p.add_argument("--float32", action="store_true", help="keep float32 storage")
+    p.add_argument(
+        "--storage",
+        choices=STORAGES,
+        default="float16",
+        help="tensor storage (default float16); int8: weights in int8 with a float32 scale per output channel, "
+        "half float16's size; the file is loaded into float32 either way",
+    )
+    p.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="keep the checkpoints side by side in one file (probabilities averaged; profiles may differ, the input "
+        "size may not) instead of averaging their weights",
+    )
     p.add_argument(
         "--flip-average",
         action=argparse.BooleanOptionalAction,
@@ -62,7 +75,9 @@ def run_release(args: argparse.Namespace) -> int:
     from fmpn.checkpoint import file_sha256
     from training.release import release
 
-    path = release(args.checkpoint, args.out, half=not args.float32, flip_average=args.flip_average)
+    path = release(
+        args.checkpoint, args.out, storage=args.storage, flip_average=args.flip_average, ensemble=args.ensemble
+    )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)[:16]})")
     return 0
 

@@ -77,7 +77,7 @@ def run_serve(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(settings.weights)
     ckpt.build_model()  # and that its tensors fit its profile (CheckpointError / ValueError otherwise)
     print(
-        f"fmpn serve: {settings.weights} ({ckpt.profile.name}, {len(ckpt.classes)} classes) on http://{args.host}:{args.port}",
+        f"fmpn serve: {settings.weights} ({ckpt.profile_name}, {len(ckpt.classes)} classes) on http://{args.host}:{args.port}",
         file=sys.stderr,
     )
     uvicorn.run(

@@ -264,7 +264,7 @@ class Predictor:
         return {
             "name": self.name,
             "version": self.version,
-            "profile": self.profile.name,
+            "profile": self.checkpoint.profile_name,
             "classes": list(self.classes),
             "input_size": self.profile.image_size,
             "load_size": self.profile.load_size,

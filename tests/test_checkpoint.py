@@ -102,7 +102,7 @@ def test_release_of_several_checkpoints_averages_their_weights(tmp_path, capsys)
         models.append(model)
         paths.append(save_checkpoint(tmp_path / f"m{seed}.safetensors", model, profile, classes, config={"seed": seed}))
     out = tmp_path / "soup.safetensors"
-    assert fmpn_main(["release", *map(str, paths), "--out", str(out), "--float32"]) == 0
+    assert fmpn_main(["release", *map(str, paths), "--out", str(out), "--storage", "float32"]) == 0
     soup = load_checkpoint(out)
     assert soup.config["averaged_from"] == ["m0.safetensors", "m1.safetensors"] and soup.config["seed"] == 0
     states = [m.state_dict() for m in models]
@@ -115,3 +115,96 @@ def test_release_of_several_checkpoints_averages_their_weights(tmp_path, capsys)
     assert fmpn_main(["release", str(paths[0]), str(other), "--out", str(tmp_path / "bad.safetensors")]) == 2
     assert "cannot average m0.safetensors and other.safetensors: their classes differ" in capsys.readouterr().err
     assert not (tmp_path / "bad.safetensors").exists()
+
+
+def _trained_like(profile, seed: int):
+    """A model with BatchNorm statistics away from their defaults and a head that does not give every class 1/7."""
+    torch.manual_seed(seed)
+    model = build_fmpn(profile, 7)
+    torch.nn.init.normal_(model.classifier.fc.weight, std=1.0)
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(4, 3, 64, 64))
+    return model.eval()
+
+
+def test_int8_release_is_a_quarter_of_float32_and_predicts_alike(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from cli.main import main as fmpn_main
+
+    model = _trained_like(CPU, 0)
+    src = save_checkpoint(tmp_path / "train.safetensors", model, CPU, list("abcdefg"))
+    out = tmp_path / "int8.safetensors"
+    assert fmpn_main(["release", str(src), "--out", str(out), "--storage", "int8"]) == 0
+    assert out.stat().st_size < 0.27 * src.stat().st_size
+    raw = load_file(str(out))
+    assert raw["classifier.fc.weight"].dtype == torch.int8 and raw["classifier.fc.weight::scale"].shape == (7,)
+    assert raw["classifier.bn1.running_var"].dtype == torch.float16  # vectors are not quantised
+    ckpt = load_checkpoint(out)
+    assert ckpt.config["stored_dtype"] == "int8" and not any(k.endswith("::scale") for k in ckpt.state_dict)
+    released = ckpt.build_model()
+    assert next(released.parameters()).dtype == torch.float32
+    x = torch.rand(8, 3, 64, 64)
+    with torch.no_grad():
+        (a, mask_a), (b, mask_b) = model(x), released(x)
+    assert (a.softmax(1) - b.softmax(1)).abs().max() < 0.02 and (mask_a - mask_b).abs().max() < 0.02
+    assert not torch.equal(a, b)  # quantised, not the float32 weights
+
+    # A scale that does not fit its tensor: a clear error, not a wrong model.
+    raw["classifier.fc.weight::scale"] = torch.ones(3)
+    from safetensors.torch import save_file
+
+    from fmpn.checkpoint import read_metadata
+
+    broken = tmp_path / "broken.safetensors"
+    save_file(raw, str(broken), metadata=read_metadata(out))
+    with pytest.raises(CheckpointError, match="broken int8 storage: scale classifier.fc.weight::scale"):
+        load_checkpoint(broken)
+
+
+def test_ensemble_release_averages_the_members_probabilities(tmp_path, capsys) -> None:
+    from cli.main import main as fmpn_main
+    from fmpn.models import Ensemble
+    from fmpn.profiles import CPU_FINE
+
+    classes = list("abcdefg")
+    coarse, fine = CPU.replace(ngf=8), CPU_FINE.replace(ngf=8)
+    models = [_trained_like(coarse, 0), _trained_like(fine, 1)]
+    paths = [
+        save_checkpoint(tmp_path / f"{p.name}.safetensors", m, p, classes, config={"seed": i})
+        for i, (p, m) in enumerate(zip((coarse, fine), models, strict=True))
+    ]
+    out = tmp_path / "ensemble.safetensors"
+    assert fmpn_main(["release", *map(str, paths), "--out", str(out), "--ensemble", "--storage", "float32"]) == 0
+    ckpt = load_checkpoint(out)
+    assert ckpt.profile_name == "cpu+cpu-fine" and [p.cn_maxpool for p in ckpt.members] == [True, False]
+    assert ckpt.config["ensemble_of"] == ["cpu.safetensors", "cpu-fine.safetensors"]
+    assert [m["seed"] for m in ckpt.config["members"]] == [0, 1]
+    ensemble = ckpt.build_model()
+    assert isinstance(ensemble, Ensemble) and ensemble.has_mask
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        logits, mask = ensemble(x)
+        outputs = [m(x) for m in models]
+    expected = sum(o[0].softmax(1) for o in outputs) / 2
+    assert torch.allclose(logits.softmax(1), expected, atol=1e-6)
+    assert torch.allclose(mask, (outputs[0][1] + outputs[1][1]) / 2, atol=1e-6)
+    assert not torch.allclose(expected, outputs[0][0].softmax(1), atol=1e-3)  # the second member counts
+
+    # What cannot be combined is refused in one line, and nothing is written.
+    other = save_checkpoint(tmp_path / "other.safetensors", models[0], coarse, list("gfedcba"))
+    big = CPU.replace(ngf=8, image_size=72, load_size=76)
+    wide = save_checkpoint(tmp_path / "wide.safetensors", build_fmpn(big, 7), big, classes)
+    cases = [
+        ([paths[0], other], "cannot put cpu.safetensors and other.safetensors in one ensemble: their classes differ"),
+        ([paths[0], wide], "their input size differ"),
+        ([paths[0]], "an ensemble needs at least two checkpoints"),
+        ([out, paths[0]], "ensemble.safetensors is already an ensemble"),
+    ]
+    for sources, message in cases:
+        bad = tmp_path / "bad.safetensors"
+        assert fmpn_main(["release", *map(str, sources), "--out", str(bad), "--ensemble"]) == 2
+        assert message in capsys.readouterr().err and not bad.exists()
+    assert fmpn_main(["release", str(out), str(paths[0]), "--out", str(tmp_path / "bad.safetensors")]) == 2
+    assert "ensemble.safetensors is an ensemble: its members cannot be averaged" in capsys.readouterr().err

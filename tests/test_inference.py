@@ -339,3 +339,41 @@ def test_core_does_not_import_the_service() -> None:
 
 def test_png_round_trip_of_io_helpers() -> None:
     assert Image.open(io.BytesIO(encode(photo(GROUP, 64), "PNG"))).format == "PNG"
+
+
+def test_an_ensemble_release_serves_its_members_averaged(group, tmp_path) -> None:
+    """``fmpn release --ensemble`` of the released model and a `cpu-fine` model: the predictor takes the file as one
+    model, and each face's probabilities are the two members' (each mirrored, as the release asks), averaged."""
+    from fmpn.checkpoint import save_checkpoint
+    from fmpn.models import build_fmpn
+    from fmpn.profiles import CPU_FINE
+    from training.release import release
+
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
+    released = Predictor(weights, "cpu", precision="float32")
+    torch.manual_seed(0)
+    fine = build_fmpn(CPU_FINE.replace(ngf=8), len(released.classes)).eval()
+    torch.nn.init.normal_(fine.classifier.fc.weight, std=1.0)  # not 1/7 for every class
+    other = save_checkpoint(
+        tmp_path / "fine.safetensors",
+        fine,
+        CPU_FINE.replace(ngf=8),
+        released.classes,
+        template=released.template,
+        config={"flip_average": True},
+    )
+    both = release([weights, other], tmp_path / "both.safetensors", ensemble=True)
+    ensemble = Predictor(both, "cpu", precision="float32", detect_max_side=640)
+    assert ensemble.info()["profile"] == "cpu+cpu-fine" and ensemble.flip_average
+    image = group[0]
+    (result,) = ensemble.predict([image])
+    assert len(result.faces) == len(group[1].faces) >= 4
+    crops = np.stack([released.align(image, f.landmarks)[0] for f in result.faces])
+    (p_released, m_released), (p_fine, m_fine) = (
+        released.classify(crops),
+        Predictor(other, "cpu", precision="float32").classify(crops),
+    )
+    assert np.abs(p_released - p_fine).max() > 0.05  # two models that disagree, so the average is a real change
+    for k, face in enumerate(result.faces):
+        assert np.allclose(face.probabilities, (p_released[k] + p_fine[k]) / 2, atol=1e-5)
+        assert np.allclose(face.mask, (m_released[k] + m_fine[k]) / 2, atol=1e-5)

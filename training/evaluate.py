@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from fmpn.checkpoint import Checkpoint, load_checkpoint
 from fmpn.classes import canonical, map_classes
 from fmpn.data import FaceDataset, Sample, SampleSet
-from fmpn.models import FMPN, view_probabilities
+from fmpn.models import view_probabilities
 from training.data import make_dataset
 
 
@@ -77,7 +77,7 @@ def remap(split: SampleSet, model_classes: list[str]) -> tuple[SampleSet, list[s
 
 
 def evaluate(
-    model: FMPN,
+    model: nn.Module,
     dataset: FaceDataset,
     device: torch.device,
     batch_size: int = 128,
@@ -91,7 +91,7 @@ def evaluate(
 
 
 def predict(
-    model: FMPN,
+    model: nn.Module,
     dataset: FaceDataset,
     device: torch.device,
     batch_size: int = 128,
@@ -106,7 +106,7 @@ def predict(
 
 @torch.inference_mode()
 def predict_views(
-    model: FMPN,
+    model: nn.Module,
     dataset: FaceDataset,
     device: torch.device,
     batch_size: int = 128,

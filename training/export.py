@@ -74,15 +74,22 @@ def default_output(checkpoint: str | Path, fmt: str) -> Path:
 
 
 def export_metadata(
-    profile: Profile, classes: list[str], template: list[list[float]] | None = None, flip_average: bool = False
+    profile: Profile,
+    classes: list[str],
+    template: list[list[float]] | None = None,
+    flip_average: bool = False,
+    members: list[Profile] | None = None,
 ) -> dict[str, str]:
-    """``flip_average``: the release averages softmax(logits) of each face and its mirror (the graph runs one view)."""
+    """``flip_average``: the release averages softmax(logits) of each face and its mirror (the graph runs one view).
+    ``members``: an ensemble's profiles (its ``logits`` are the log of the members' mean probabilities)."""
     s = profile.image_size
+    extra = {"members_json": json.dumps([p.to_dict() for p in members])} if members else {}
     return {
         "format": EXPORT_FORMAT,
         "classes": json.dumps(list(classes)),
-        "profile": profile.name,
+        "profile": "+".join(p.name for p in members) if members else profile.name,
         "profile_json": json.dumps(profile.to_dict()),
+        **extra,
         "image_size": str(s),
         "input": f"{INPUT_NAME}: float32 (batch, 3, {s}, {s}) RGB in [0, 1]",
         "outputs": f"logits: (batch, {len(classes)}); mask: (batch, 1, {s}, {s}) in (0, 1)",
@@ -173,6 +180,7 @@ def export_model(
     template: list[list[float]] | None = None,
     opset: int = DEFAULT_OPSET,
     flip_average: bool = False,
+    members: list[Profile] | None = None,
 ) -> ExportResult:
     """Export ``model`` (switched to eval mode, on the CPU) to ``out``; ``batch_size`` is the traced example's."""
     fmt = check_format(fmt)
@@ -180,7 +188,7 @@ def export_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    metadata = export_metadata(profile, classes, template, flip_average)
+    metadata = export_metadata(profile, classes, template, flip_average, members)
     try:
         with torch.no_grad():
             if fmt == "onnx":
@@ -216,6 +224,7 @@ def export_checkpoint(
         template=ckpt.template,
         opset=opset,
         flip_average=ckpt.flip_average,
+        members=ckpt.members,
     )
 
 

@@ -161,7 +161,7 @@ def mean_masks_figure(
     committed. ``masks``: the class masks in the checkpoint's class order."""
     ckpt = load_checkpoint(checkpoint)
     model = ckpt.build_model().eval()
-    if model.generator is None:
+    if not model.has_mask:
         raise ValueError(f"{checkpoint} has no motion-mask generator (an ablation model): no masks to draw")
     split = folder_samples(data, ckpt.classes, check=False)
     if limit_per_class is not None:

@@ -266,6 +266,8 @@ def load_parts(model: FMPN, path: str, parts: list[str], classes: list[str]) -> 
     the others (CK+ ``contempt``) keep their fresh init.
     """
     ckpt = load_checkpoint(path)
+    if ckpt.members:
+        raise ValueError(f"{path} is an ensemble ({ckpt.profile_name}): start from one of its members' checkpoints")
     source = ckpt.state_dict
     own = model.state_dict()
     if ckpt.classes != list(classes):

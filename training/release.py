@@ -1,8 +1,9 @@
-"""Turn training checkpoints into released weights: float16 storage, the same metadata.
+"""Turn training checkpoints into released weights: float16 (or int8) storage, the same metadata.
 
 Several checkpoints are averaged weight by weight (a uniform "model soup", Wortsman et al. 2022): a model
 and a round fine-tuned from it lie in one basin, and their average can score above either at the cost of
-one model (release 5 is such an average: weights/README.md). Models trained apart do not average.
+one model (release 5 is such an average: weights/README.md). Models trained apart do not average; they can
+be released side by side instead (``ensemble``), each face then costing every member's time.
 """
 
 from __future__ import annotations
@@ -11,28 +12,66 @@ from pathlib import Path
 
 import torch
 
-from fmpn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from fmpn.checkpoint import Checkpoint, CheckpointError, Storage, load_checkpoint, save_checkpoint
 
 
 def release(
-    source: str | Path | list[str | Path], out: str | Path, half: bool = True, flip_average: bool | None = None
+    source: str | Path | list[str | Path],
+    out: str | Path,
+    storage: Storage = "float16",
+    flip_average: bool | None = None,
+    ensemble: bool = False,
 ) -> Path:
-    """``flip_average`` records whether predictions average the face and its mirror (None: keep the source's)."""
+    """``flip_average`` records whether predictions average the face and its mirror (None: keep the source's).
+    ``ensemble``: keep several checkpoints side by side (their probabilities averaged) instead of averaging them."""
     sources = [Path(p) for p in (source if isinstance(source, list) else [source])]
-    ckpt = average([load_checkpoint(p) for p in sources], [p.name for p in sources])
-    config = dict(ckpt.config, stored_dtype="float16" if half else "float32", source=", ".join(p.name for p in sources))
+    checkpoints, names = [load_checkpoint(p) for p in sources], [p.name for p in sources]
+    ckpt = side_by_side(checkpoints, names) if ensemble else average(checkpoints, names)
+    config = dict(ckpt.config, stored_dtype=storage, source=", ".join(names))
     if len(sources) > 1:
-        config["averaged_from"] = [p.name for p in sources]
+        config["ensemble_of" if ensemble else "averaged_from"] = names
     if flip_average is not None:
         config["flip_average"] = flip_average
     return save_checkpoint(
-        out, ckpt.build_model(), ckpt.profile, ckpt.classes, template=ckpt.template, config=config, half=half
+        out,
+        ckpt.build_model(),
+        ckpt.profile,
+        ckpt.classes,
+        template=ckpt.template,
+        config=config,
+        storage=storage,
+        members=ckpt.members,
     )
+
+
+def side_by_side(checkpoints: list[Checkpoint], names: list[str]) -> Checkpoint:
+    """An ensemble of single models that see the same face the same way (classes, template, input size); each
+    member keeps its own profile, and the first's config is the ensemble's (the members' under ``members``)."""
+    if len(checkpoints) < 2:
+        raise CheckpointError("an ensemble needs at least two checkpoints")
+    first = checkpoints[0]
+    for ckpt, name in zip(checkpoints, names, strict=True):
+        if ckpt.members:
+            raise CheckpointError(f"{name} is already an ensemble; list its sources instead")
+        for what, mine, theirs in (
+            ("classes", first.classes, ckpt.classes),
+            ("face template", first.template, ckpt.template),
+            ("input size", first.profile.image_size, ckpt.profile.image_size),
+            ("load size", first.profile.load_size, ckpt.profile.load_size),
+        ):
+            if mine != theirs:
+                raise CheckpointError(f"cannot put {names[0]} and {name} in one ensemble: their {what} differ")
+    state = {f"members.{i}.{k}": v for i, c in enumerate(checkpoints) for k, v in c.state_dict.items()}
+    config = dict(first.config, members=[dict(c.config, source=n) for c, n in zip(checkpoints, names, strict=True)])
+    return Checkpoint(first.profile, first.classes, state, first.template, config, [c.profile for c in checkpoints])
 
 
 def average(checkpoints: list[Checkpoint], names: list[str]) -> Checkpoint:
     """The uniform average of checkpoints of one model (profile, classes, face template); the first's config."""
     first = checkpoints[0]
+    for ckpt, name in zip(checkpoints, names, strict=True):
+        if ckpt.members:
+            raise CheckpointError(f"{name} is an ensemble: its members cannot be averaged with other weights")
     for ckpt, name in zip(checkpoints[1:], names[1:], strict=True):
         for what, mine, theirs in (
             ("profile", first.profile, ckpt.profile),

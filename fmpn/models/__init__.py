@@ -1,4 +1,5 @@
 from fmpn.models.classifier import build_classifier
+from fmpn.models.ensemble import Ensemble
 from fmpn.models.fmpn import (
     FMPN,
     build_fmpn,
@@ -13,6 +14,7 @@ from fmpn.models.fusion import PriorFusionNet
 from fmpn.models.generator import MotionMaskGenerator
 
 __all__ = [
+    "Ensemble",
     "FMPN",
     "MotionMaskGenerator",
     "PriorFusionNet",

@@ -32,9 +32,14 @@ class FMPN(nn.Module):
         self.fusion = fusion
         self.classifier = classifier
 
+    @property
+    def has_mask(self) -> bool:
+        """Whether the model predicts a motion mask (False for the ablation, the CN alone)."""
+        return self.generator is not None and self.fusion is not None
+
     def forward(self, rgb: Tensor) -> tuple[Tensor, Tensor | None]:
         rgb = rgb.expand(-1, 3, -1, -1)
-        if self.generator is None or self.fusion is None:
+        if self.generator is None or self.fusion is None:  # not has_mask, spelt out for the type checker
             return self.classifier(rgb), None
         gray = to_gray(rgb)
         mask = self.generator(gray)
@@ -43,7 +48,7 @@ class FMPN(nn.Module):
 
 
 def view_probabilities(
-    model: FMPN, rgb: Tensor, mirror: bool = False, classes: int | None = None
+    model: nn.Module, rgb: Tensor, mirror: bool = False, classes: int | None = None
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Softmax probabilities (float32) of a batch of faces, those of their mirror images (``mirror``, else None)
     from the same forward pass, and the faces' motion masks: one pass gives both the one-view and the mirrored
@@ -61,7 +66,7 @@ def view_probabilities(
     return probs[:n], probs[n:], None if mask is None else mask[:n]
 
 
-def class_probabilities(model: FMPN, rgb: Tensor, flip_average: bool = False) -> tuple[Tensor, Tensor | None]:
+def class_probabilities(model: nn.Module, rgb: Tensor, flip_average: bool = False) -> tuple[Tensor, Tensor | None]:
     """Softmax probabilities (float32) and motion masks of a batch of faces.
 
     ``flip_average`` also runs each face's mirror image and averages the two probability vectors: the
