@@ -208,3 +208,9 @@ def test_ensemble_release_averages_the_members_probabilities(tmp_path, capsys) -
         assert message in capsys.readouterr().err and not bad.exists()
     assert fmpn_main(["release", str(out), str(paths[0]), "--out", str(tmp_path / "bad.safetensors")]) == 2
     assert "ensemble.safetensors is an ensemble: its members cannot be averaged" in capsys.readouterr().err
+    # Alone, an ensemble file is released again as it is: here with another storage and mirror setting.
+    again = tmp_path / "again.safetensors"
+    assert fmpn_main(["release", str(out), "--out", str(again), "--storage", "int8", "--flip-average"]) == 0
+    re_read = load_checkpoint(again)
+    assert re_read.profile_name == load_checkpoint(out).profile_name and re_read.flip_average
+    assert again.stat().st_size < 0.6 * out.stat().st_size

@@ -201,11 +201,13 @@ def test_faces_filling_the_frame_are_found_again_with_a_margin(fer2013, predicto
 def test_flip_average_follows_the_release_and_averages_the_mirror_image(group, tmp_path) -> None:
     from training.release import release
 
-    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # released with --flip-average
-    flip, plain = Predictor(weights, "cpu", detect_max_side=640), Predictor(weights, "cpu", flip_average=False)
-    assert flip.flip_average and flip.info()["flip_average"] and not plain.info()["flip_average"]
-    off = release(weights, tmp_path / "off.safetensors", flip_average=False)
-    assert not Predictor(off, "cpu").flip_average
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # release 11: released one view
+    plain = Predictor(weights, "cpu", precision="float32", detect_max_side=640)
+    assert not plain.flip_average and not plain.info()["flip_average"]
+    on = release(weights, tmp_path / "on.safetensors", storage="int8", flip_average=True)
+    flip = Predictor(on, "cpu", precision="float32", detect_max_side=640)
+    assert flip.flip_average and flip.info()["flip_average"]
+    assert Predictor(weights, "cpu", flip_average=True).flip_average  # FMPN_FLIP_AVERAGE overrides the file
     image = group[0]
     (result,) = flip.predict([image])
     crops = np.stack([plain.align(image, f.landmarks)[0] for f in result.faces])
@@ -342,38 +344,29 @@ def test_png_round_trip_of_io_helpers() -> None:
 
 
 def test_an_ensemble_release_serves_its_members_averaged(group, tmp_path) -> None:
-    """``fmpn release --ensemble`` of the released model and a `cpu-fine` model: the predictor takes the file as one
-    model, and each face's probabilities are the two members' (each mirrored, as the release asks), averaged."""
-    from fmpn.checkpoint import save_checkpoint
+    """The released file holds two models side by side (release 11, ``fmpn release --ensemble``): the predictor
+    takes it as one model, and each face's probabilities and mask are the two members', averaged."""
+    from fmpn.checkpoint import load_checkpoint, save_checkpoint
     from fmpn.models import build_fmpn
-    from fmpn.profiles import CPU_FINE
-    from training.release import release
 
     weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
-    released = Predictor(weights, "cpu", precision="float32")
-    torch.manual_seed(0)
-    fine = build_fmpn(CPU_FINE.replace(ngf=8), len(released.classes)).eval()
-    torch.nn.init.normal_(fine.classifier.fc.weight, std=1.0)  # not 1/7 for every class
-    other = save_checkpoint(
-        tmp_path / "fine.safetensors",
-        fine,
-        CPU_FINE.replace(ngf=8),
-        released.classes,
-        template=released.template,
-        config={"flip_average": True},
-    )
-    both = release([weights, other], tmp_path / "both.safetensors", ensemble=True)
-    ensemble = Predictor(both, "cpu", precision="float32", detect_max_side=640)
-    assert ensemble.info()["profile"] == "cpu+cpu-fine" and ensemble.flip_average
+    ckpt = load_checkpoint(weights)
+    assert [p.name for p in ckpt.members] == ["cpu", "cpu-fine"]
+    singles = []  # each member written out alone, as a single-model file
+    for i, profile in enumerate(ckpt.members):
+        prefix = f"members.{i}."
+        model = build_fmpn(profile, len(ckpt.classes)).eval()
+        model.load_state_dict({k[len(prefix) :]: v for k, v in ckpt.state_dict.items() if k.startswith(prefix)})
+        path = tmp_path / f"member{i}.safetensors"
+        singles.append(save_checkpoint(path, model, profile, ckpt.classes, template=ckpt.template, storage="float32"))
+    ensemble = Predictor(weights, "cpu", precision="float32", detect_max_side=640)
+    assert ensemble.info()["profile"] == "cpu+cpu-fine" and not ensemble.flip_average
     image = group[0]
     (result,) = ensemble.predict([image])
     assert len(result.faces) == len(group[1].faces) >= 4
-    crops = np.stack([released.align(image, f.landmarks)[0] for f in result.faces])
-    (p_released, m_released), (p_fine, m_fine) = (
-        released.classify(crops),
-        Predictor(other, "cpu", precision="float32").classify(crops),
-    )
-    assert np.abs(p_released - p_fine).max() > 0.05  # two models that disagree, so the average is a real change
+    crops = np.stack([ensemble.align(image, f.landmarks)[0] for f in result.faces])
+    (p_cpu, m_cpu), (p_fine, m_fine) = [Predictor(p, "cpu", precision="float32").classify(crops) for p in singles]
+    assert np.abs(p_cpu - p_fine).max() > 0.05  # two models that disagree, so the average is a real change
     for k, face in enumerate(result.faces):
-        assert np.allclose(face.probabilities, (p_released[k] + p_fine[k]) / 2, atol=1e-5)
-        assert np.allclose(face.mask, (m_released[k] + m_fine[k]) / 2, atol=1e-5)
+        assert np.allclose(face.probabilities, (p_cpu[k] + p_fine[k]) / 2, atol=1e-5)
+        assert np.allclose(face.mask, (m_cpu[k] + m_fine[k]) / 2, atol=1e-5)

@@ -69,6 +69,8 @@ def side_by_side(checkpoints: list[Checkpoint], names: list[str]) -> Checkpoint:
 def average(checkpoints: list[Checkpoint], names: list[str]) -> Checkpoint:
     """The uniform average of checkpoints of one model (profile, classes, face template); the first's config."""
     first = checkpoints[0]
+    if len(checkpoints) == 1:  # one file released again: another storage or flip_average, ensembles included
+        return first
     for ckpt, name in zip(checkpoints, names, strict=True):
         if ckpt.members:
             raise CheckpointError(f"{name} is an ensemble: its members cannot be averaged with other weights")
