@@ -63,6 +63,12 @@ def register_release(subparsers: argparse._SubParsersAction) -> None:
         "size may not) instead of averaging their weights",
     )
     p.add_argument(
+        "--member",
+        type=int,
+        metavar="I",
+        help="write the I-th model (from 0) of one ensemble file alone, e.g. to fine-tune from it (--init)",
+    )
+    p.add_argument(
         "--flip-average",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -76,7 +82,12 @@ def run_release(args: argparse.Namespace) -> int:
     from training.release import release
 
     path = release(
-        args.checkpoint, args.out, storage=args.storage, flip_average=args.flip_average, ensemble=args.ensemble
+        args.checkpoint,
+        args.out,
+        storage=args.storage,
+        flip_average=args.flip_average,
+        ensemble=args.ensemble,
+        member=args.member,
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(path)[:16]})")
     return 0

@@ -214,3 +214,23 @@ def test_ensemble_release_averages_the_members_probabilities(tmp_path, capsys) -
     re_read = load_checkpoint(again)
     assert re_read.profile_name == load_checkpoint(out).profile_name and re_read.flip_average
     assert again.stat().st_size < 0.6 * out.stat().st_size
+
+    # --member writes one model of the file alone: the same tensors, profile and config as the one put in.
+    from training.loop import load_parts
+
+    for i, (profile, model) in enumerate(zip((coarse, fine), models, strict=True)):
+        alone = tmp_path / f"member{i}.safetensors"
+        assert fmpn_main(["release", str(out), "--member", str(i), "--out", str(alone), "--storage", "float32"]) == 0
+        single = load_checkpoint(alone)
+        assert single.members is None and single.profile == profile and single.config["seed"] == i
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in single.state_dict.items())
+        load_parts(build_fmpn(profile, 7), str(alone), ["generator", "fusion", "classifier"], classes)
+    with pytest.raises(ValueError, match=r"is an ensemble \(cpu\+cpu-fine\): .* --member 0"):
+        load_parts(build_fmpn(coarse, 7), str(out), ["classifier"], classes)  # --init takes one model
+    for args, message in (
+        ([str(out), "--member", "2"], "ensemble.safetensors holds 2 models: --member takes 0 to 1"),
+        ([str(paths[0]), "--member", "0"], "cpu.safetensors is a single model (cpu): --member needs an ensemble"),
+        ([str(out), str(out), "--member", "0"], "--member takes one ensemble file"),
+    ):
+        assert fmpn_main(["release", *args, "--out", str(tmp_path / "bad.safetensors")]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "bad.safetensors").exists()

@@ -346,19 +346,15 @@ def test_png_round_trip_of_io_helpers() -> None:
 def test_an_ensemble_release_serves_its_members_averaged(group, tmp_path) -> None:
     """The released file holds two models side by side (release 11, ``fmpn release --ensemble``): the predictor
     takes it as one model, and each face's probabilities and mask are the two members', averaged."""
-    from fmpn.checkpoint import load_checkpoint, save_checkpoint
-    from fmpn.models import build_fmpn
+    from fmpn.checkpoint import load_checkpoint
+    from training.release import release
 
     weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
-    ckpt = load_checkpoint(weights)
-    assert [p.name for p in ckpt.members] == ["cpu", "cpu-fine"]
-    singles = []  # each member written out alone, as a single-model file
-    for i, profile in enumerate(ckpt.members):
-        prefix = f"members.{i}."
-        model = build_fmpn(profile, len(ckpt.classes)).eval()
-        model.load_state_dict({k[len(prefix) :]: v for k, v in ckpt.state_dict.items() if k.startswith(prefix)})
-        path = tmp_path / f"member{i}.safetensors"
-        singles.append(save_checkpoint(path, model, profile, ckpt.classes, template=ckpt.template, storage="float32"))
+    assert [p.name for p in load_checkpoint(weights).members] == ["cpu", "cpu-fine"]
+    # Each member written out alone (`fmpn release --member I`), one view as the file is served.
+    singles = [
+        release(weights, tmp_path / f"member{i}.safetensors", "float32", flip_average=False, member=i) for i in (0, 1)
+    ]
     ensemble = Predictor(weights, "cpu", precision="float32", detect_max_side=640)
     assert ensemble.info()["profile"] == "cpu+cpu-fine" and not ensemble.flip_average
     image = group[0]

@@ -267,7 +267,10 @@ def load_parts(model: FMPN, path: str, parts: list[str], classes: list[str]) -> 
     """
     ckpt = load_checkpoint(path)
     if ckpt.members:
-        raise ValueError(f"{path} is an ensemble ({ckpt.profile_name}): start from one of its members' checkpoints")
+        raise ValueError(
+            f"{path} is an ensemble ({ckpt.profile_name}): start from one of its models, written alone by "
+            f"`fmpn release {path} --member 0 --out member.safetensors`"
+        )
     source = ckpt.state_dict
     own = model.state_dict()
     if ckpt.classes != list(classes):

@@ -21,12 +21,19 @@ def release(
     storage: Storage = "float16",
     flip_average: bool | None = None,
     ensemble: bool = False,
+    member: int | None = None,
 ) -> Path:
     """``flip_average`` records whether predictions average the face and its mirror (None: keep the source's).
-    ``ensemble``: keep several checkpoints side by side (their probabilities averaged) instead of averaging them."""
+    ``ensemble``: keep several checkpoints side by side (their probabilities averaged) instead of averaging them.
+    ``member``: write the model at that index of one ensemble file alone (to fine-tune from it, or to serve it)."""
     sources = [Path(p) for p in (source if isinstance(source, list) else [source])]
     checkpoints, names = [load_checkpoint(p) for p in sources], [p.name for p in sources]
-    ckpt = side_by_side(checkpoints, names) if ensemble else average(checkpoints, names)
+    if member is not None:
+        if ensemble or len(checkpoints) != 1:
+            raise CheckpointError("--member takes one ensemble file, without --ensemble")
+        ckpt = one_member(checkpoints[0], names[0], member)
+    else:
+        ckpt = side_by_side(checkpoints, names) if ensemble else average(checkpoints, names)
     config = dict(ckpt.config, stored_dtype=storage, source=", ".join(names))
     if len(sources) > 1:
         config["ensemble_of" if ensemble else "averaged_from"] = names
@@ -64,6 +71,19 @@ def side_by_side(checkpoints: list[Checkpoint], names: list[str]) -> Checkpoint:
     state = {f"members.{i}.{k}": v for i, c in enumerate(checkpoints) for k, v in c.state_dict.items()}
     config = dict(first.config, members=[dict(c.config, source=n) for c, n in zip(checkpoints, names, strict=True)])
     return Checkpoint(first.profile, first.classes, state, first.template, config, [c.profile for c in checkpoints])
+
+
+def one_member(ckpt: Checkpoint, name: str, index: int) -> Checkpoint:
+    """The ``index``-th model of an ensemble file as a single model, with the config it was released with."""
+    if not ckpt.members:
+        raise CheckpointError(f"{name} is a single model ({ckpt.profile_name}): --member needs an ensemble file")
+    if not 0 <= index < len(ckpt.members):
+        raise CheckpointError(f"{name} holds {len(ckpt.members)} models: --member takes 0 to {len(ckpt.members) - 1}")
+    prefix = f"members.{index}."
+    state = {k[len(prefix) :]: v for k, v in ckpt.state_dict.items() if k.startswith(prefix)}
+    configs = ckpt.config.get("members") or []
+    config = dict(configs[index]) if index < len(configs) else {}
+    return Checkpoint(ckpt.members[index], ckpt.classes, state, ckpt.template, config)
 
 
 def average(checkpoints: list[Checkpoint], names: list[str]) -> Checkpoint:
