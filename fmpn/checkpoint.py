@@ -31,6 +31,11 @@ STORAGES: tuple[Storage, ...] = ("float32", "float16", "int8")
 _SCALE = "::scale"  # int8 storage: "<tensor>::scale" holds the tensor's per-output-channel scales
 
 
+def profile_name(profile: Profile, members: list[Profile] | None = None) -> str:
+    """The profile's name; an ensemble's member profiles joined by "+" (``cpu+cpu-fine``)."""
+    return "+".join(p.name for p in members) if members else profile.name
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, corrupt or does not fit the model asked for."""
 
@@ -51,8 +56,7 @@ class Checkpoint:
 
     @property
     def profile_name(self) -> str:
-        """The profile's name; an ensemble's member profiles joined by "+" (``cpu+cpu-fine``)."""
-        return "+".join(p.name for p in self.members) if self.members else self.profile.name
+        return profile_name(self.profile, self.members)
 
     def build_model(self) -> FMPN | Ensemble:
         n = len(self.classes)

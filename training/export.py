@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fmpn.checkpoint import load_checkpoint
+from fmpn.checkpoint import load_checkpoint, profile_name
 from fmpn.profiles import Profile
 
 FORMATS = ("onnx", "torchscript")
@@ -87,7 +87,7 @@ def export_metadata(
     return {
         "format": EXPORT_FORMAT,
         "classes": json.dumps(list(classes)),
-        "profile": "+".join(p.name for p in members) if members else profile.name,
+        "profile": profile_name(profile, members),
         "profile_json": json.dumps(profile.to_dict()),
         **extra,
         "image_size": str(s),
