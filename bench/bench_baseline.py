@@ -29,6 +29,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -69,10 +70,9 @@ class FerModel:
 
     def __init__(self, path: Path, threads: int) -> None:
         try:
-            import cv2  # noqa: F401
             from ai_edge_litert.interpreter import Interpreter
         except ImportError as e:
-            raise SystemExit(f"{e.name} is not installed: run `make baseline`") from e
+            raise SystemExit("LiteRT is not installed: run `make baseline`") from e
         if not path.is_file():
             raise SystemExit(f"fer's model file not found: {path}")
         self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
@@ -82,8 +82,7 @@ class FerModel:
 
     @staticmethod
     def preprocess(rgb: np.ndarray) -> np.ndarray:
-        import cv2  # fer's own calls, so the 64 px face is the one fer would classify, to the grey level
-
+        # fer's own OpenCV calls, so that the 64 px face is the one fer would classify, to the grey level.
         grey = cv2.cvtColor(np.ascontiguousarray(rgb[:, :, ::-1]), cv2.COLOR_BGR2GRAY)
         small = cv2.resize(grey, (FER_SIZE, FER_SIZE)).astype(np.float32)
         return ((small / 255.0 - 0.5) * 2.0)[None, :, :, None]
