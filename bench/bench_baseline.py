@@ -194,4 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except (FileNotFoundError, ValueError) as e:  # a missing folder or weights file, a corrupt checkpoint: one line
+        raise SystemExit(f"bench_baseline: {e}") from None
