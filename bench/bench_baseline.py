@@ -33,7 +33,10 @@ import cv2
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_service import pct  # noqa: E402
 
 from fmpn.classes import canonical  # noqa: E402
 from fmpn.data import folder_samples  # noqa: E402
@@ -100,10 +103,6 @@ def mcnemar_p(only_a: int, only_b: int) -> float:
         return 1.0
     tail = Fraction(sum(math.comb(n, i) for i in range(k + 1)), 2**n)
     return float(min(1, 2 * tail))
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
