@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_service import pct  # noqa: E402
 
-from fmpn.classes import canonical  # noqa: E402
+from fmpn.classes import map_classes  # noqa: E402
 from fmpn.data import folder_samples  # noqa: E402
 from fmpn.inference import Predictor, load_image_file  # noqa: E402
 
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     step = max(1, len(split.samples) // args.limit) if args.limit else 1
     samples = split.samples[::step][: args.limit]
     # fer's output columns in the checkpoint's class order (both are FER2013's seven, ordered differently).
-    fer_index = {canonical(c): i for i, c in enumerate(FER_CLASSES)}
-    if sorted(fer_index) != sorted(canonical(c) for c in predictor.classes):
+    to_fer = map_classes(predictor.classes, FER_CLASSES)
+    if len(to_fer) != len(predictor.classes) or len(FER_CLASSES) != len(predictor.classes):
         raise SystemExit(f"{args.weights} has classes {predictor.classes}; fer's model has FER2013's {FER_CLASSES}")
-    order = [fer_index[canonical(c)] for c in predictor.classes]
+    order = [to_fer[i] for i in range(len(predictor.classes))]
     predictor.warmup((1,))
 
     labels, ours, theirs, ms_ours, ms_theirs = [], [], [], [], []
