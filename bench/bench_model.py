@@ -4,9 +4,12 @@
     python bench/bench_model.py --profiles cpu --seconds 5
     python bench/bench_model.py --profiles paper --batch-sizes 1,32,128,256 --compile   # a GPU
     python bench/bench_model.py --profiles cpu,cpu+cpu-fine --no-train --flip-average   # a release ensemble
+    python bench/bench_model.py --profiles cpu+cpu-fine --no-train --amp bf16 --rewrites both   # what they save
 
 Inference is the model alone (input already on the device), under ``torch.inference_mode``, eval
-mode. Training is one full stage-2 step: forward, ``lambda_cls * CE + lambda_mask * MSE(mask)``,
+mode, with the rewrites the service applies (``fmpn.models.fuse``: batch norms folded, bf16 weights under bf16
+autocast, channels-last; ``--rewrites off`` times the plain model, ``both`` times each way side by side).
+Training is one full stage-2 step: forward, ``lambda_cls * CE + lambda_mask * MSE(mask)``,
 backward and an Adam step with the three parameter groups (FMG at ``fmg_lr``, PFN and CN at ``lr``),
 on random faces, labels and target masks. Every measurement warms up first, then times runs until
 its ``--seconds`` budget is spent (at least ``--min-runs`` unless one run alone is about the budget)
@@ -44,6 +47,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from fmpn.models import Ensemble, build_fmpn, class_probabilities  # noqa: E402
+from fmpn.models.fuse import prepare_for_inference  # noqa: E402
 from fmpn.profiles import PROFILES, Profile, get_profile  # noqa: E402
 
 GOAL_CPU_LATENCY_MS = 25.0  # cpu profile, batch 1, 2-core CPU
@@ -57,7 +61,7 @@ TRAIN_COST = 3.5  # a training step costs about this many inference forwards (pa
 class Result:
     profile: str
     image_size: int
-    mode: str  # infer | train
+    mode: str  # infer | flip | train; "-plain" added: the model without the inference rewrites
     batch: int
     runs: int
     median_s: float  # one call (a batch)
@@ -115,6 +119,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own)")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto", help="auto: bf16 on CUDA, off on CPU")
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: on for CUDA")
+    p.add_argument(
+        "--rewrites",
+        choices=["on", "off", "both"],
+        default="on",
+        help="inference as the service runs it (on: fmpn.models.fuse), the plain model (off), or both side by side",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic=False)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     p.add_argument("--json", default=None, help="also write the results here")
@@ -214,12 +224,17 @@ def build(profile: Profile) -> nn.Module:
 
 
 def bench_inference(
-    profile: Profile, batches: list[int], s: Settings, mode: str | None, flip: bool = False
+    profile: Profile, batches: list[int], s: Settings, mode: str | None, flip: bool = False, rewrites: bool = True
 ) -> list[Result]:
-    model = maybe_compile(prepare(build(profile).eval(), s), s, mode)
+    model = build(profile).eval()
+    if rewrites:  # what the service runs: folded, channels-last, bf16 weights under bf16 autocast
+        model = prepare_for_inference(model, "bfloat16" if s.amp else "float32", s.device)
+    model = maybe_compile(prepare(model, s), s, mode)
     results = []
     for batch in batches:
         x = faces(profile, batch, s)
+        if rewrites:
+            x = x.contiguous(memory_format=torch.channels_last)  # as the service's crops arrive (NHWC, permuted)
         reset_peak(s)
 
         def run(x: torch.Tensor = x) -> None:
@@ -228,7 +243,7 @@ def bench_inference(
 
         expected = results[-1].median_s / results[-1].batch * batch if results else None
         runs, med, best, warm = time_runs(run, s, expected)
-        kind = "flip" if flip else "infer"
+        kind = ("flip" if flip else "infer") + ("" if rewrites else "-plain")
         results.append(Result(profile.name, profile.image_size, kind, batch, runs, med, best, peak_mib(s), warm))
         print_row(results[-1], s)
     return results
@@ -282,14 +297,14 @@ def bench_training(
 
 
 HEADER = (
-    f"{'profile':<12} {'size':>4} {'mode':<6} {'batch':>5} {'runs':>4} {'ms/batch':>10} {'ms/face':>9} {'faces/s':>9}"
+    f"{'profile':<12} {'size':>4} {'mode':<11} {'batch':>5} {'runs':>4} {'ms/batch':>10} {'ms/face':>9} {'faces/s':>9}"
 )
 
 
 def print_row(r: Result, s: Settings) -> None:
     peak = f" {r.peak_mib:>9.0f}" if r.peak_mib is not None else ""
     print(
-        f"{r.profile:<12} {r.image_size:>4} {r.mode:<6} {r.batch:>5} {str(r.runs) + ('' if r.warm else '*'):>4} "
+        f"{r.profile:<12} {r.image_size:>4} {r.mode:<11} {r.batch:>5} {str(r.runs) + ('' if r.warm else '*'):>4} "
         f"{1000 * r.median_s:>10.2f} "
         f"{r.ms_per_face:>9.2f} {r.per_s:>9.1f}{peak}",
         flush=True,
@@ -338,6 +353,15 @@ def summary(results: list[Result], profiles: list[Profile], s: Settings) -> list
                 f"paper profile best inference: {best.per_s:.1f} faces/s at batch {best.batch} on {on} "
                 f"(goal >= {GOAL_GPU_PAPER_FACES_S:g} faces/s model-only on one H200){verdict}"
             )
+    # The inference rewrites (--rewrites both): the plain model's time over the rewritten one's, per profile.
+    for name in names:
+        parts = []
+        for r in (r for r in results if r.profile == name and r.mode in ("infer", "flip")):
+            plain = find(results, name, r.mode + "-plain", r.batch)
+            if plain:
+                parts.append(f"{r.mode} b{r.batch} {plain.median_s / r.median_s:.2f}x")
+        if parts:
+            lines.append(f"{name} inference rewrites (speed-up, plain time / rewritten time): " + ", ".join(parts))
     # Side by side: every other profile against the first one listed.
     base = names[0]
     for other in names[1:]:
@@ -381,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"threads: {torch.get_num_threads()} torch / {os.cpu_count()} cpus; load average {load}; "
         f"precision {'bf16 autocast' if s.amp else 'fp32'}; channels_last {'on' if s.channels_last else 'off'}; "
-        f"compile {'on' if s.compile else 'off'}; cudnn.benchmark {'on' if cuda else '-'}"
+        f"compile {'on' if s.compile else 'off'}; cudnn.benchmark {'on' if cuda else '-'}; "
+        f"inference rewrites {args.rewrites}"
     )
     if not cuda and hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5:
         print("warning: the CPU is busy with other processes; CPU figures will be pessimistic")
@@ -393,9 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     results: list[Result] = []
     for profile in profiles:
-        results += bench_inference(profile, infer_batches, s, args.compile_mode)
-        if args.flip_average:
-            results += bench_inference(profile, infer_batches, s, args.compile_mode, flip=True)
+        for rewrites in {"on": (True,), "off": (False,), "both": (False, True)}[args.rewrites]:
+            results += bench_inference(profile, infer_batches, s, args.compile_mode, rewrites=rewrites)
+            if args.flip_average:
+                results += bench_inference(profile, infer_batches, s, args.compile_mode, flip=True, rewrites=rewrites)
         if not args.no_train and "+" not in profile.name:
             train_batches: list[int] = []
             for token in parse_sizes(args.train_batch_sizes):

@@ -35,6 +35,7 @@ from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from fmpn.data.transforms import CENTRE, crop_box, resize_shorter
 from fmpn.detect import Face, FaceDetector
 from fmpn.models import class_probabilities
+from fmpn.models.fuse import prepare_for_inference
 from fmpn.precision import autocast, resolve_precision
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
@@ -241,9 +242,8 @@ class Predictor:
         self.dtype = torch.float16 if self.precision == "float16" else torch.float32
         # Average each face with its mirror image when the release asks for it (model card), or as told.
         self.flip_average = self.checkpoint.flip_average if flip_average is None else bool(flip_average)
-        model = self.checkpoint.build_model().to(self.device)
-        self.model = model.to(self.dtype)
-        self.model.eval()
+        model = self.checkpoint.build_model().to(self.device, self.dtype)
+        self.model = prepare_for_inference(model, self.precision, self.device)
         self.detector = FaceDetector(self.device, min_face_size=min_face_size)
         self.max_faces = max_faces
         self.detect_max_side = detect_max_side

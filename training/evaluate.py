@@ -12,6 +12,7 @@ from fmpn.checkpoint import Checkpoint, load_checkpoint
 from fmpn.classes import canonical, map_classes
 from fmpn.data import FaceDataset, Sample, SampleSet
 from fmpn.models import view_probabilities
+from fmpn.models.fuse import prepare_for_inference
 from training.data import make_dataset
 
 
@@ -128,6 +129,11 @@ def predict_views(
     return torch.cat(probs), (torch.cat(mirrored) if mirror else None), torch.cat(labels)
 
 
+def _for_inference(ckpt: Checkpoint, device: torch.device, amp: bool) -> nn.Module:
+    """The checkpoint's model as the service runs it (``fmpn.models.fuse``): evaluation scores what it serves."""
+    return prepare_for_inference(ckpt.build_model(), "bfloat16" if amp else "float32", device)
+
+
 def load_ensemble(paths: list[str]) -> list[Checkpoint]:
     """Checkpoints whose probabilities are to be averaged: they must share their classes, in order."""
     ckpts = [load_checkpoint(path) for path in paths]
@@ -151,7 +157,7 @@ def ensemble_probabilities(
     for ckpt in checkpoints:
         dataset = make_dataset(split, ckpt.profile, None, train=False)
         flip = ckpt.flip_average if flip_average is None else flip_average
-        probs, labels = predict(ckpt.build_model().to(device), dataset, device, batch_size, amp, flip)
+        probs, labels = predict(_for_inference(ckpt, device, amp), dataset, device, batch_size, amp, flip)
         total = probs if total is None else total + probs
     if total is None:
         raise ValueError("an ensemble needs at least one model")
@@ -171,7 +177,7 @@ def ensemble_views(
             raise ValueError(f"a model with classes {ckpt.classes} cannot score the classes {split.classes} in order")
     views = [
         predict_views(
-            ckpt.build_model().to(device),
+            _for_inference(ckpt, device, amp),
             make_dataset(split, ckpt.profile, None, train=False),
             device,
             batch_size,

@@ -34,7 +34,10 @@ def release(
         ckpt = one_member(checkpoints[0], names[0], member)
     else:
         ckpt = side_by_side(checkpoints, names) if ensemble else average(checkpoints, names)
-    config = dict(ckpt.config, stored_dtype=storage, source=", ".join(names))
+    source = ", ".join(names)
+    if member is None and len(sources) == 1 and ckpt.config.get("source"):
+        source = ckpt.config["source"]  # one file released again (storage, flip_average): its models' provenance
+    config = dict(ckpt.config, stored_dtype=storage, source=source)
     if len(sources) > 1:
         config["ensemble_of" if ensemble else "averaged_from"] = names
     if flip_average is not None:
