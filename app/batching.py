@@ -5,6 +5,11 @@ task takes the first waiting job, collects more up to ``max_batch`` while waitin
 ``max_wait_s`` (and only while more requests are on their way: a lone request does not wait), then
 runs the whole batch in a dedicated inference thread, so the event loop never blocks. Jobs whose
 client has gone away are dropped before they reach the model.
+
+Every torch call of the service runs on that one thread (:meth:`Batcher.run` loads and warms the model there):
+torch's OpenMP workers belong to the thread that calls it, and a second live thread that has called torch keeps a
+second team whose workers compete with the first for the cores. Loaded in another thread, the released model
+answered a photo 1.5x slower on the 2-core CPU (README, "Inside").
 """
 
 from __future__ import annotations
@@ -70,11 +75,20 @@ class Batcher:
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    def _inference_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmpn-infer")
+        return self._executor
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the inference thread, where the batches run: loading and warming up the model."""
+        return await asyncio.get_running_loop().run_in_executor(self._inference_thread(), fn, *args)
+
     async def start(self) -> None:
         if self.running:
             return
         self._queue = asyncio.Queue(maxsize=self.queue_size)
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fmpn-infer")
+        self._inference_thread()
         self._task = asyncio.create_task(self._worker(), name="fmpn-batcher")
 
     async def stop(self) -> None:

@@ -79,10 +79,10 @@ class Service:
         try:
             if self.predictor is None:
                 self.state, self.reason = "loading", f"loading the model from {self.settings.weights}"
-                self.predictor = await anyio.to_thread.run_sync(self._build_predictor)
+                self.predictor = await self.batcher.run(self._build_predictor)  # on the thread that will run it
             if self.settings.warmup and not self.predictor.warmed_up:
                 self.state, self.reason = "warming_up", "warming up the model"
-                await anyio.to_thread.run_sync(self.predictor.warmup)
+                await self.batcher.run(self.predictor.warmup)
             self.model_info = self.predictor.info()
             await self.batcher.start()
         except asyncio.CancelledError:

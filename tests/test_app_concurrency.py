@@ -163,3 +163,35 @@ def test_a_failing_image_does_not_fail_the_rest_of_its_batch(server, monkeypatch
     err = error_of(responses[1])
     assert err["code"] == "inference_failed" and "simulated" not in err["message"]
     assert len(responses[0].json()["faces"]) == 6
+
+
+def test_the_model_loads_warms_up_and_runs_on_the_one_inference_thread(monkeypatch) -> None:
+    """torch's OpenMP workers belong to the calling thread: a model loaded in another live thread made every
+    request 1.5x slower (app/batching.py). Loading, warm-up and batches all run on the batcher's thread."""
+    import threading
+
+    from fmpn.inference import Predictor
+
+    calls: list[tuple[str, str]] = []
+
+    def recorded(name: str):
+        original = getattr(Predictor, name)
+
+        def wrapper(self, *args, **kwargs):
+            calls.append((name, threading.current_thread().name))
+            return original(self, *args, **kwargs)
+
+        return wrapper
+
+    for name in ("__init__", "warmup", "predict"):
+        monkeypatch.setattr(Predictor, name, recorded(name))
+    server = live_server()
+    try:
+        with server.client() as c:
+            for _ in range(2):
+                r = c.post("/v1/predictions", content=images()["group"], headers={"Content-Type": "image/jpeg"})
+                assert r.status_code == 200 and len(r.json()["faces"]) == 6
+    finally:
+        server.stop()
+    assert [stage for stage, _ in calls] == ["__init__", "warmup", "predict", "predict"]
+    assert {thread for _, thread in calls} == {calls[0][1]} and calls[0][1].startswith("fmpn-infer")
