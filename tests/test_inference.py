@@ -201,13 +201,13 @@ def test_faces_filling_the_frame_are_found_again_with_a_margin(fer2013, predicto
 def test_flip_average_follows_the_release_and_averages_the_mirror_image(group, tmp_path) -> None:
     from training.release import release
 
-    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # release 11: released one view
-    plain = Predictor(weights, "cpu", precision="float32", detect_max_side=640)
-    assert not plain.flip_average and not plain.info()["flip_average"]
-    on = release(weights, tmp_path / "on.safetensors", storage="int8", flip_average=True)
-    flip = Predictor(on, "cpu", precision="float32", detect_max_side=640)
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # release 12: released mirrored
+    flip = Predictor(weights, "cpu", precision="float32", detect_max_side=640)
     assert flip.flip_average and flip.info()["flip_average"]
-    assert Predictor(weights, "cpu", flip_average=True).flip_average  # FMPN_FLIP_AVERAGE overrides the file
+    off = release(weights, tmp_path / "off.safetensors", storage="int8", flip_average=False)
+    plain = Predictor(off, "cpu", precision="float32", detect_max_side=640)
+    assert not plain.flip_average and not plain.info()["flip_average"]
+    assert not Predictor(weights, "cpu", flip_average=False).flip_average  # FMPN_FLIP_AVERAGE overrides the file
     image = group[0]
     (result,) = flip.predict([image])
     crops = np.stack([plain.align(image, f.landmarks)[0] for f in result.faces])
@@ -347,18 +347,18 @@ def test_png_round_trip_of_io_helpers() -> None:
 
 
 def test_an_ensemble_release_serves_its_members_averaged(group, tmp_path) -> None:
-    """The released file holds two models side by side (release 11, ``fmpn release --ensemble``): the predictor
+    """The released file holds two models side by side (releases 11-12, ``fmpn release --ensemble``): the predictor
     takes it as one model, and each face's probabilities and mask are the two members', averaged."""
     from fmpn.checkpoint import load_checkpoint
     from training.release import release
 
     weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
     assert [p.name for p in load_checkpoint(weights).members] == ["cpu", "cpu-fine"]
-    # Each member written out alone (`fmpn release --member I`), one view as the file is served.
+    # Each member written out alone (`fmpn release --member I`), compared one view.
     singles = [
         release(weights, tmp_path / f"member{i}.safetensors", "float32", flip_average=False, member=i) for i in (0, 1)
     ]
-    ensemble = Predictor(weights, "cpu", precision="float32", detect_max_side=640)
+    ensemble = Predictor(weights, "cpu", precision="float32", detect_max_side=640, flip_average=False)
     assert ensemble.info()["profile"] == "cpu+cpu-fine" and not ensemble.flip_average
     image = group[0]
     (result,) = ensemble.predict([image])
