@@ -242,8 +242,8 @@ class Predictor:
         self.dtype = torch.float16 if self.precision == "float16" else torch.float32
         # Average each face with its mirror image when the release asks for it (model card), or as told.
         self.flip_average = self.checkpoint.flip_average if flip_average is None else bool(flip_average)
-        model = self.checkpoint.build_model().to(self.device, self.dtype)
-        self.model = prepare_for_inference(model, self.precision, self.device)
+        # Folded in float32, then cast: float16 weights (CUDA) or bf16 ones under bf16 autocast (fmpn.models.fuse).
+        self.model = prepare_for_inference(self.checkpoint.build_model(), self.precision, self.device)
         self.detector = FaceDetector(self.device, min_face_size=min_face_size)
         self.max_faces = max_faces
         self.detect_max_side = detect_max_side

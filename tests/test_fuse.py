@@ -108,3 +108,17 @@ def test_the_service_runs_the_released_model_rewritten(fer2013, precision: str) 
     tolerance = 1e-4 if precision == "float32" else 0.05
     assert np.abs(got - want.double().numpy()).max() < tolerance
     assert (got.argmax(1) == want.argmax(1).numpy()).mean() >= (1.0 if precision == "float32" else 0.9)
+
+
+def test_float16_folds_in_float32_then_casts_everything() -> None:
+    """What CUDA serves: the folds computed in float32 (a batch norm's variance is not safe in half precision),
+    then the whole model in float16."""
+    torch.manual_seed(2)
+    plain = trained_looking(build_fmpn(get_profile("cpu"), 7))
+    half = prepare_for_inference(copy.deepcopy(plain), "float16", torch.device("cpu"))
+    assert batch_norms(half) == 0 and {p.dtype for p in half.parameters()} == {torch.float16}
+    x = torch.rand(4, 3, 64, 64)
+    with torch.inference_mode():
+        want = torch.softmax(plain(x)[0], 1)
+        got = torch.softmax(half(x.half())[0].float(), 1)
+    assert (got - want).abs().max() < 0.02
