@@ -15,6 +15,8 @@ a folded model has no batch norm to update.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -31,7 +33,7 @@ _NAMED_PAIRS: tuple[tuple[type[nn.Module], tuple[tuple[str, str], ...]], ...] = 
 )
 
 
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+def _foldable(conv: nn.Module | None, bn: nn.Module | None) -> bool:
     return (
         isinstance(conv, _CONVS)
         and type(bn) is nn.BatchNorm2d
@@ -53,10 +55,9 @@ def fold_batch_norms(model: nn.Module) -> int:
     folded = 0
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
-            names = list(module._modules)
-            for first, second in zip(names, names[1:], strict=False):
+            for first, second in pairwise(list(module._modules)):
                 conv, bn = module._modules[first], module._modules[second]
-                if conv is not None and bn is not None and _foldable(conv, bn):
+                if _foldable(conv, bn):
                     module._modules[first] = _fold(conv, bn)
                     module._modules[second] = nn.Identity()
                     folded += 1
@@ -65,7 +66,7 @@ def fold_batch_norms(model: nn.Module) -> int:
                 continue
             for conv_name, bn_name in pairs:
                 conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
-                if conv is not None and bn is not None and _foldable(conv, bn):
+                if _foldable(conv, bn):
                     setattr(module, conv_name, _fold(conv, bn))
                     setattr(module, bn_name, nn.Identity())
                     folded += 1
