@@ -88,7 +88,6 @@ class Batcher:
         if self.running:
             return
         self._queue = asyncio.Queue(maxsize=self.queue_size)
-        self._inference_thread()
         self._task = asyncio.create_task(self._worker(), name="fmpn-batcher")
 
     async def stop(self) -> None:
@@ -146,7 +145,6 @@ class Batcher:
 
     async def _worker(self) -> None:
         assert self._queue is not None
-        loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
             batch = await self._collect(first)
@@ -159,9 +157,7 @@ class Batcher:
                     self.on_dequeue(now - job.enqueued)
             start = time.perf_counter()
             try:
-                results, timings = await loop.run_in_executor(
-                    self._executor, self.run_batch, [j.image for j in live], [j.options for j in live]
-                )
+                results, timings = await self.run(self.run_batch, [j.image for j in live], [j.options for j in live])
             except asyncio.CancelledError:
                 for job in live:
                     if not job.future.done():
