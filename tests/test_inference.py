@@ -201,7 +201,7 @@ def test_faces_filling_the_frame_are_found_again_with_a_margin(fer2013, predicto
 def test_flip_average_follows_the_release_and_averages_the_mirror_image(group, tmp_path) -> None:
     from training.release import release
 
-    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # release 12: released mirrored
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # releases 12-13: released mirrored
     flip = Predictor(weights, "cpu", precision="float32", detect_max_side=640)
     assert flip.flip_average and flip.info()["flip_average"]
     off = release(weights, tmp_path / "off.safetensors", storage="int8", flip_average=False)

@@ -18,8 +18,8 @@ def test_released_weights_are_small_and_describe_themselves() -> None:
     assert WEIGHTS.stat().st_size <= 30 * 1024 * 1024
     ckpt = load_checkpoint(WEIGHTS)
     assert ckpt.classes == list(FER2013)
-    # Release 12: release 11's two models (release 10's `cpu` and a `cpu-fine` one) side by side, served mirrored
-    # now that the inference rewrites fit both views in the latency goal (the card says why).
+    # Release 13: a `cpu` model of a second lineage and release 12's `cpu-fine` one side by side, served mirrored
+    # since the inference rewrites fit both views in the latency goal (the card says why).
     assert ckpt.profile_name == "cpu+cpu-fine" and ckpt.flip_average
     assert ckpt.template is not None and len(ckpt.template) == 5
     assert ckpt.config["train"]["data"]["val_root"].endswith("fer2013/val")
