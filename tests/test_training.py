@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from conftest import require_data
@@ -75,6 +77,12 @@ def test_resume_continues_exactly_where_it_stopped(data, tmp_path) -> None:
     assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+    # Each start writes down what it ran with, so a resume under other library versions shows in the run.
+    entries = json.loads((tmp_path / "resumed" / "environment.json").read_text())
+    assert [e["started_at_epoch"] for e in entries] == [0, 1]
+    assert entries[1]["packages"]["torch"] == importlib.metadata.version("torch")
+    assert entries[1]["packages"]["pillow"] == PIL.__version__
+    assert entries[1]["packages"]["numpy"] == np.__version__
 
 
 def test_cv_runs_folds_resumes_and_prints_the_table(data, tmp_path) -> None:

@@ -29,7 +29,7 @@ from fmpn.checkpoint import load_checkpoint, save_checkpoint
 from fmpn.classes import map_classes
 from fmpn.models import FMPN, build_fmpn, to_gray
 from fmpn.profiles import Profile, Schedule
-from training import distributed
+from training import distributed, environment
 from training.config import TrainConfig
 from training.data import BalancedSampler, load_splits, make_dataset
 from training.distill import check_weight, load_soft_labels
@@ -123,6 +123,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        environment.record(out / "environment.json", start_epoch)
     writer = SummaryWriter(str(out / "tb")) if info.is_main else None
 
     end_epoch = schedule.epochs if cfg.stop_after is None else min(schedule.epochs, start_epoch + cfg.stop_after)
