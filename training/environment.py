@@ -37,10 +37,9 @@ def describe() -> dict:
 def record(path: Path, started_at_epoch: int) -> None:
     """Append this process's environment to the run's list (a new list where there is none or it is unreadable)."""
     try:
-        entries = json.loads(path.read_text()) if path.is_file() else []
-    except json.JSONDecodeError:
-        entries = []
-    if not isinstance(entries, list):
-        entries = []
+        entries = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        entries = None
+    entries = entries if isinstance(entries, list) else []
     entries.append({"started_at_epoch": started_at_epoch, **describe()})
     path.write_text(json.dumps(entries, indent=2))
