@@ -127,6 +127,7 @@ class ModelInfo(BaseModel):
     device: str
     dtype: str
     flip_average: bool = Field(description="probabilities average each face and its mirror image")
+    compiled: bool = Field(description="the model runs compiled with frozen weights (FMPN_COMPILE)")
 
 
 class ModelsResponse(BaseModel):

@@ -41,6 +41,7 @@ def build_predictor(s: Settings) -> Predictor:
         retry_pad=s.retry_pad,
         model_batch=s.model_batch,
         flip_average=s.flip_average,
+        compile={"auto": None, "on": True, "off": False}[s.compile],
     )
 
 

@@ -37,6 +37,11 @@ class Settings(BaseSettings):
         None, description="average each face with its mirror image; default: as the weights' model card says"
     )
     warmup: bool = Field(True, description="run the detector and model once before /readyz says ready")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="compile the model with frozen weights (about 2x faster a face on CPU; each of 4 batch shapes "
+        "compiles once, in the warm-up); auto: on a CPU with a C++ compiler",
+    )
 
     # detection
     detect_max_side: int = Field(1280, ge=64, description="larger photos are detected on a downscaled copy")

@@ -5,6 +5,7 @@
     python bench/bench_model.py --profiles paper --batch-sizes 1,32,128,256 --compile   # a GPU
     python bench/bench_model.py --profiles cpu,cpu+cpu-fine --no-train --flip-average   # a release ensemble
     python bench/bench_model.py --profiles cpu+cpu-fine --no-train --amp bf16 --rewrites both   # what they save
+    python bench/bench_model.py --profiles cpu+cpu-fine --no-train --amp bf16 --channels-last on --compile frozen
 
 Inference is the model alone (input already on the device), under ``torch.inference_mode``, eval
 mode, with the rewrites the service applies (``fmpn.models.fuse``: batch norms folded, bf16 weights under bf16
@@ -24,7 +25,9 @@ CPU timings are only meaningful on an otherwise idle machine: with another proce
 threads wait on each other (the load average is printed; ``--threads 1`` is steadier then).
 
 On CUDA the defaults are bf16 autocast, channels_last and ``cudnn.benchmark``; ``--compile`` adds
-``torch.compile``. On CPU the default is fp32 (``--amp bf16`` / ``--channels-last on`` force them).
+``torch.compile``; ``--compile frozen`` compiles inference as the service does on a CPU (``FMPN_COMPILE``:
+inductor with frozen weights, ``fmpn.models.fuse.compile_frozen``; training rows stay plain-compiled).
+On CPU the default is fp32 (``--amp bf16`` / ``--channels-last on`` force them).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from fmpn.models import Ensemble, build_fmpn, class_probabilities  # noqa: E402
-from fmpn.models.fuse import prepare_for_inference  # noqa: E402
+from fmpn.models.fuse import compile_frozen, prepare_for_inference  # noqa: E402
 from fmpn.profiles import PROFILES, Profile, get_profile  # noqa: E402
 
 GOAL_CPU_LATENCY_MS = 25.0  # cpu profile, batch 1, 2-core CPU
@@ -83,7 +86,7 @@ class Settings:
     device: torch.device
     amp: bool  # bf16 autocast
     channels_last: bool
-    compile: bool
+    compile: str | None  # None, "plain" or "frozen"
     warmup: int
     seconds: float
     min_runs: int
@@ -125,7 +128,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="on",
         help="inference as the service runs it (on: fmpn.models.fuse), the plain model (off), or both side by side",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic=False)")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="plain",
+        choices=["plain", "frozen"],
+        default=None,
+        help="torch.compile the model (dynamic=False); frozen: inference with frozen weights, as the service",
+    )
     p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. max-autotune")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)
@@ -158,9 +168,11 @@ def prepare(model: nn.Module, s: Settings) -> nn.Module:
     return model
 
 
-def maybe_compile(model: nn.Module, s: Settings, mode: str | None) -> nn.Module:
+def maybe_compile(model: nn.Module, s: Settings, mode: str | None, inference: bool = False) -> nn.Module:
     if not s.compile:
         return model
+    if s.compile == "frozen" and inference:
+        return compile_frozen(model)
     return torch.compile(model, dynamic=False, mode=mode)
 
 
@@ -229,7 +241,7 @@ def bench_inference(
     model = build(profile).eval()
     if rewrites:  # what the service runs: folded, channels-last, bf16 weights under bf16 autocast
         model = prepare_for_inference(model, "bfloat16" if s.amp else "float32", s.device)
-    model = maybe_compile(prepare(model, s), s, mode)
+    model = maybe_compile(prepare(model, s), s, mode, inference=True)
     results = []
     for batch in batches:
         x = faces(profile, batch, s)
@@ -405,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"threads: {torch.get_num_threads()} torch / {os.cpu_count()} cpus; load average {load}; "
         f"precision {'bf16 autocast' if s.amp else 'fp32'}; channels_last {'on' if s.channels_last else 'off'}; "
-        f"compile {'on' if s.compile else 'off'}; cudnn.benchmark {'on' if cuda else '-'}; "
+        f"compile {s.compile or 'off'}; cudnn.benchmark {'on' if cuda else '-'}; "
         f"inference rewrites {args.rewrites}"
     )
     if not cuda and hasattr(os, "getloadavg") and os.getloadavg()[0] > 0.5:

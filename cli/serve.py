@@ -96,7 +96,8 @@ def run_predict(args: argparse.Namespace) -> int:
     from app.service import build_predictor
     from fmpn.inference import ImageDecodeError, load_image_file
 
-    settings = _settings(args)
+    # Uncompiled: a few photos never repay compiling the model (seconds per batch shape); the service does.
+    settings = _settings(args, compile="off")
     if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--alpha must be within 0..1, got {args.alpha}")
     if args.max_faces is not None and args.max_faces < 1:

@@ -27,6 +27,7 @@ from test_app_helpers import (
 
 from cli.main import main
 from fmpn.checkpoint import file_sha256
+from fmpn.inference import cpp_compiler_found
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,6 +141,8 @@ def test_fmpn_serve_process() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(url, proc, "ready")
+        # The default FMPN_COMPILE=auto compiles the model in the warm-up wherever a C++ compiler is found.
+        assert httpx.get(url + "/v1/models").json()["models"][0]["compiled"] == cpp_compiler_found()
         r = httpx.post(
             url + "/v1/predictions", content=photo_jpeg(PORTRAITS[0], 320), headers={"Content-Type": "image/jpeg"}
         )

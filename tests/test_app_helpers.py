@@ -32,8 +32,9 @@ PORTRAITS = ("portrait-angelina_jolie", "portrait-kate_siegel", "portrait-paul_r
 GROUP = "group-multiface"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "fmpn-cpu-fer2013.safetensors"
 
-# Test settings: detection on a <= 640 px copy keeps MTCNN fast on 2 cores.
-FAST = {"detect_max_side": 640, "warmup": True}
+# Test settings: detection on a <= 640 px copy keeps MTCNN fast on 2 cores; the model uncompiled, as compiling
+# its four batch shapes adds 10-30 s to each start (test_app_cli's `fmpn serve` and test_inference compile).
+FAST = {"detect_max_side": 640, "warmup": True, "compile": "off"}
 
 
 @pytest.fixture(scope="module", autouse=True)

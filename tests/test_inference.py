@@ -248,6 +248,52 @@ def test_precision_auto_is_bf16_where_the_cpu_computes_in_bf16(group) -> None:
         Predictor(weights, "cpu", precision="float16")
 
 
+def test_compiled_model_answers_as_the_uncompiled_one_in_padded_chunks(group) -> None:
+    """FMPN_COMPILE: the released pair compiled with frozen weights gives the uncompiled probabilities and masks;
+    11 faces go through as a chunk of 8 and one of 3 padded to 4 (each doubled by the release's mirror image)."""
+    image, result = group
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
+    eager = Predictor(weights, "cpu", detect_max_side=640)
+    compiled = Predictor(weights, "cpu", detect_max_side=640, compile=True)
+    assert eager.compiled is None and not eager.info()["compiled"]
+    assert compiled.compiled is not None and compiled.flip_average
+    faces = [eager.align(image, f.landmarks)[0] for f in result.faces]
+    crops = np.stack(faces + [np.ascontiguousarray(f[:, ::-1]) for f in faces[:5]])
+    seen: list[int] = []
+    inner = compiled.compiled
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(len(x))
+            return inner(x)
+
+    compiled.compiled = Spy()
+    p_fast, m_fast = compiled.classify(crops)
+    p_eager, m_eager = eager.classify(crops)
+    assert seen == [16, 8] and compiled.info()["compiled"]
+    assert p_fast.shape == p_eager.shape == (11, 7) and m_fast.shape == m_eager.shape == (11, 64, 64)
+    assert np.abs(p_fast - p_eager).max() < 0.02 and np.abs(m_fast - m_eager).max() < 0.02
+    clear = np.diff(np.sort(p_eager, 1)[:, -2:], axis=1)[:, 0] > 0.05
+    assert (p_fast.argmax(1) == p_eager.argmax(1))[clear].all()
+
+
+def test_compiling_without_a_cpp_compiler_falls_back_to_the_uncompiled_model(group, monkeypatch) -> None:
+    """No compiler: auto leaves the model uncompiled; forced on, the first forward warns once and runs uncompiled."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    assert Predictor(checkpoint_path(), "cpu", compile=None).compiled is None
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached kernel would need no compiler
+    forced = Predictor(checkpoint_path(), "cpu", compile=True)
+    crops = np.stack([forced.align(group[0], f.landmarks)[0] for f in group[1].faces[:2]])
+    with pytest.warns(UserWarning, match="compiling the model failed"):
+        probs, masks = forced.classify(crops)
+    assert forced.compiled is None and not forced.info()["compiled"]
+    expected, _ = Predictor(checkpoint_path(), "cpu").classify(crops)
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
 def test_missing_checkpoint(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         Predictor(tmp_path / "none.safetensors", "cpu")
