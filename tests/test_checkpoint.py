@@ -163,6 +163,44 @@ def test_int8_release_is_a_quarter_of_float32_and_predicts_alike(tmp_path) -> No
         load_checkpoint(broken)
 
 
+def test_int4_release_packs_the_large_tensors_and_predicts_alike(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from cli.main import main as fmpn_main
+    from fmpn.checkpoint import INT4_MIN_SIZE, read_metadata
+
+    model = _trained_like(CPU, 0)
+    src = save_checkpoint(tmp_path / "train.safetensors", model, CPU, list("abcdefg"))
+    int8, int4 = tmp_path / "int8.safetensors", tmp_path / "int4.safetensors"
+    assert fmpn_main(["release", str(src), "--out", str(int8), "--storage", "int8"]) == 0
+    assert fmpn_main(["release", str(src), "--out", str(int4), "--storage", "int4"]) == 0
+    assert int4.stat().st_size < 0.62 * int8.stat().st_size  # ResNet-18's layer3/4 at 4.5 bits a weight
+    raw = load_file(str(int4))
+    big = "classifier.layer4.1.conv2.weight"  # 512 x 512 x 3 x 3
+    assert raw[big].dtype == torch.uint8 and raw[big].shape == (512, 512 * 9 // 2)
+    assert raw[big + "::scale4"].shape == (512, 512 * 9 // 32) and raw[big + "::shape"].tolist() == [512, 512, 3, 3]
+    small = "classifier.layer1.0.conv1.weight"  # 64 x 64 x 3 x 3: under INT4_MIN_SIZE, int8
+    assert raw[small].numel() < INT4_MIN_SIZE and raw[small].dtype == torch.int8
+    ckpt = load_checkpoint(int4)
+    assert ckpt.config["stored_dtype"] == "int4" and not any("::" in k for k in ckpt.state_dict)
+    w, w4 = model.state_dict()[big], ckpt.state_dict[big]
+    assert w4.dtype == torch.float32 and w4.shape == w.shape
+    # Each group of 32 weights: the largest one exact to float16, every weight within half a step of 4 bits.
+    step = w.reshape(512, -1, 32).abs().amax(2, keepdim=True) / 7
+    assert ((w - w4).reshape(512, -1, 32).abs() <= step * 0.5 + 1e-3 * step).all() and not torch.equal(w, w4)
+    x = torch.rand(8, 3, 64, 64)
+    with torch.no_grad():
+        (a, mask_a), (b, mask_b) = model(x), ckpt.build_model()(x)
+    assert (a.softmax(1) - b.softmax(1)).abs().max() < 0.05 and (mask_a - mask_b).abs().max() < 0.02
+
+    # A packed tensor that does not fit its scales and shape: a clear error, not a wrong model.
+    raw[big + "::shape"] = torch.tensor([512, 256, 3, 3])
+    broken = tmp_path / "broken.safetensors"
+    save_file(raw, str(broken), metadata=read_metadata(int4))
+    with pytest.raises(CheckpointError, match=f"broken int4 storage: {big} does not fit"):
+        load_checkpoint(broken)
+
+
 def test_ensemble_release_averages_the_members_probabilities(tmp_path, capsys) -> None:
     from cli.main import main as fmpn_main
     from fmpn.models import Ensemble

@@ -1,4 +1,4 @@
-"""Turn training checkpoints into released weights: float16 (or int8) storage, the same metadata.
+"""Turn training checkpoints into released weights: float16 (int8, int4) storage, the same metadata.
 
 Several checkpoints are averaged weight by weight (a uniform "model soup", Wortsman et al. 2022): a model
 and a round fine-tuned from it lie in one basin, and their average can score above either at the cost of
