@@ -238,6 +238,8 @@ def build(profile: Profile) -> nn.Module:
 def bench_inference(
     profile: Profile, batches: list[int], s: Settings, mode: str | None, flip: bool = False, rewrites: bool = True
 ) -> list[Result]:
+    if s.compile:  # dynamo caches compilations per code object (8 at most): the models timed before would use them up
+        torch._dynamo.reset()
     model = build(profile).eval()
     if rewrites:  # what the service runs: folded, channels-last, bf16 weights under bf16 autocast
         model = prepare_for_inference(model, "bfloat16" if s.amp else "float32", s.device)

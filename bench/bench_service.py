@@ -53,6 +53,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--levels", default="1,4,16", help="concurrent clients per level")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", help="FMPN_PRECISION: auto, float32, float16 or bfloat16")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="FMPN_COMPILE, both sides")
     p.add_argument(
         "--threads", type=int, default=1, help="torch threads, server and in-process (1: robust on a shared CPU)"
     )
@@ -107,7 +108,8 @@ def make_predictor(args: argparse.Namespace, weights: Path, photos: list[tuple[s
     from fmpn.inference import Predictor, decode_image
 
     torch.set_num_threads(args.threads)
-    predictor = Predictor(weights, args.device, precision=args.precision, detect_max_side=1280)
+    compile = {"auto": None, "on": True, "off": False}[args.compile]
+    predictor = Predictor(weights, args.device, precision=args.precision, detect_max_side=1280, compile=compile)
     predictor.warmup()
     images = [decode_image(data).rgb for _, data in photos]
     for im in images:  # warm the detector on these sizes
@@ -146,7 +148,7 @@ def in_process(args: argparse.Namespace, predictor, images: list, photos: list[t
         "faces_per_image": statistics.fmean(faces),
         "batch_images_per_s": n_batches * len(batch) / elapsed,
         "batch_faces_per_s": n_faces / elapsed,
-        "device": f"{predictor.device}, {predictor.precision}",
+        "device": f"{predictor.device}, {predictor.precision}{', compiled' if predictor.compiled is not None else ''}",
     }
 
 
@@ -198,6 +200,7 @@ def start_server(args: argparse.Namespace, weights: Path, port: int) -> subproce
         "FMPN_WEIGHTS": str(weights),
         "FMPN_DEVICE": args.device,
         "FMPN_PRECISION": args.precision,
+        "FMPN_COMPILE": args.compile,
         "FMPN_TORCH_THREADS": str(args.threads),
         "FMPN_MAX_BATCH": str(args.max_batch),
         "FMPN_BATCH_WAIT_MS": str(args.batch_wait_ms),
