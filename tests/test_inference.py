@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import io
+import itertools
 from pathlib import Path
 
 import cv2
@@ -201,10 +202,11 @@ def test_faces_filling_the_frame_are_found_again_with_a_margin(fer2013, predicto
 def test_flip_average_follows_the_release_and_averages_the_mirror_image(group, tmp_path) -> None:
     from training.release import release
 
-    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # releases 12-13: released mirrored
+    weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"  # releases 12-14: released mirrored
     flip = Predictor(weights, "cpu", precision="float32", detect_max_side=640)
     assert flip.flip_average and flip.info()["flip_average"]
-    off = release(weights, tmp_path / "off.safetensors", storage="int8", flip_average=False)
+    # int4 again: the same tensors (each group's scale and values come back unchanged), the mirror setting off.
+    off = release(weights, tmp_path / "off.safetensors", storage="int4", flip_average=False)
     plain = Predictor(off, "cpu", precision="float32", detect_max_side=640)
     assert not plain.flip_average and not plain.info()["flip_average"]
     assert not Predictor(weights, "cpu", flip_average=False).flip_average  # FMPN_FLIP_AVERAGE overrides the file
@@ -393,25 +395,26 @@ def test_png_round_trip_of_io_helpers() -> None:
 
 
 def test_an_ensemble_release_serves_its_members_averaged(group, tmp_path) -> None:
-    """The released file holds two models side by side (releases 11-12, ``fmpn release --ensemble``): the predictor
-    takes it as one model, and each face's probabilities and mask are the two members', averaged."""
+    """The released file holds three models side by side (release 14, ``fmpn release --ensemble``): the predictor
+    takes it as one model, and each face's probabilities and mask are the members', averaged."""
     from fmpn.checkpoint import load_checkpoint
     from training.release import release
 
     weights = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
-    assert [p.name for p in load_checkpoint(weights).members] == ["cpu", "cpu-fine"]
+    assert [p.name for p in load_checkpoint(weights).members] == ["cpu-fine", "cpu", "cpu"]
     # Each member written out alone (`fmpn release --member I`), compared one view.
     singles = [
-        release(weights, tmp_path / f"member{i}.safetensors", "float32", flip_average=False, member=i) for i in (0, 1)
+        release(weights, tmp_path / f"member{i}.safetensors", "float32", flip_average=False, member=i)
+        for i in (0, 1, 2)
     ]
     ensemble = Predictor(weights, "cpu", precision="float32", detect_max_side=640, flip_average=False)
-    assert ensemble.info()["profile"] == "cpu+cpu-fine" and not ensemble.flip_average
+    assert ensemble.info()["profile"] == "cpu-fine+cpu+cpu" and not ensemble.flip_average
     image = group[0]
     (result,) = ensemble.predict([image])
     assert len(result.faces) == len(group[1].faces) >= 4
     crops = np.stack([ensemble.align(image, f.landmarks)[0] for f in result.faces])
-    (p_cpu, m_cpu), (p_fine, m_fine) = [Predictor(p, "cpu", precision="float32").classify(crops) for p in singles]
-    assert np.abs(p_cpu - p_fine).max() > 0.05  # two models that disagree, so the average is a real change
+    probs, masks = zip(*[Predictor(p, "cpu", precision="float32").classify(crops) for p in singles], strict=True)
+    assert min(np.abs(a - b).max() for a, b in itertools.combinations(probs, 2)) > 0.05  # they disagree: a real change
     for k, face in enumerate(result.faces):
-        assert np.allclose(face.probabilities, (p_cpu[k] + p_fine[k]) / 2, atol=1e-5)
-        assert np.allclose(face.mask, (m_cpu[k] + m_fine[k]) / 2, atol=1e-5)
+        assert np.allclose(face.probabilities, sum(p[k] for p in probs) / 3, atol=1e-5)
+        assert np.allclose(face.mask, sum(m[k] for m in masks) / 3, atol=1e-5)
