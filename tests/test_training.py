@@ -465,8 +465,8 @@ def test_a_fold_is_scored_one_view_and_mirrored_from_one_forward_pass(fer2013, m
     forward = FMPN.forward
     monkeypatch.setattr(FMPN, "forward", lambda self, rgb: batches.append(len(rgb)) or forward(self, rgb))
     result = score_views([ckpt], split, torch.device("cpu"))
-    models = len(ckpt.members or [ckpt.profile])  # the release holds two models side by side: one batch each
-    assert models == 2 and batches == [2 * len(split.samples)] * models
+    models = len(ckpt.members or [ckpt.profile])  # the release holds three models side by side: one batch each
+    assert models == 3 and batches == [2 * len(split.samples)] * models
     assert result["confusion"] == score(one_view, labels, split.classes).confusion
     assert result["mirrored"]["confusion"] == score(mirrored, labels, split.classes).confusion
 
