@@ -134,7 +134,8 @@ def _quantize(state: dict[str, torch.Tensor], int4: bool = False) -> dict[str, t
     """Weight matrices and conv kernels to int8, symmetric, one scale per output channel (rows of the matrix);
     everything else (biases, BatchNorm) to float16: those are under 1 % of the parameters. ``int4``: tensors of
     at least ``INT4_MIN_SIZE`` weights whose rows split into groups of ``INT4_GROUP`` go to int4 instead (wide
-    layers lose least to it: on FER2013 validation a model so stored scored within 3 faces of its int8 file)."""
+    layers lose least to it: on FER2013 validation it moved each of five models by -5 to +8 faces of 3,589
+    against int8, where int4 on every tensor cost up to 24)."""
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         if not value.is_floating_point():
