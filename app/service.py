@@ -23,7 +23,14 @@ from app.schemas import PredictionResponse, prediction_response
 from app.settings import Settings
 from app.store import ResultStore, StoredResult
 from fmpn.checkpoint import CheckpointError
-from fmpn.inference import DecodedImage, ImageDecodeError, ImagePrediction, Predictor, decode_image
+from fmpn.inference import (
+    COMPILE_SETTINGS,
+    DecodedImage,
+    ImageDecodeError,
+    ImagePrediction,
+    Predictor,
+    decode_image,
+)
 
 log = logging.getLogger("app")
 
@@ -41,7 +48,7 @@ def build_predictor(s: Settings) -> Predictor:
         retry_pad=s.retry_pad,
         model_batch=s.model_batch,
         flip_average=s.flip_average,
-        compile={"auto": None, "on": True, "off": False}[s.compile],
+        compile=COMPILE_SETTINGS[s.compile],
     )
 
 

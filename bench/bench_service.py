@@ -105,10 +105,10 @@ def pct(values: list[float], q: float) -> float:
 def make_predictor(args: argparse.Namespace, weights: Path, photos: list[tuple[str, bytes]]):
     import torch
 
-    from fmpn.inference import Predictor, decode_image
+    from fmpn.inference import COMPILE_SETTINGS, Predictor, decode_image
 
     torch.set_num_threads(args.threads)
-    compile = {"auto": None, "on": True, "off": False}[args.compile]
+    compile = COMPILE_SETTINGS[args.compile]
     predictor = Predictor(weights, args.device, precision=args.precision, detect_max_side=1280, compile=compile)
     predictor.warmup()
     images = [decode_image(data).rgb for _, data in photos]

@@ -172,8 +172,8 @@ def _dequantize(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.T
     """The float32 tensors of an int8- or int4-stored file (a file without scales comes back as it is)."""
     out = {k: v for k, v in state.items() if not k.endswith((_SCALE, _SCALE4, _SHAPE))}
     for key in (k for k in state if k.endswith(_SCALE4)):
-        name, scale, shape = key[: -len(_SCALE4)], state[key], state.get(key[: -len(_SCALE4)] + _SHAPE)
-        q = out.get(name)
+        name = key[: -len(_SCALE4)]
+        q, scale, shape = out.get(name), state[key], state.get(name + _SHAPE)
         dims = [int(d) for d in shape.tolist()] if shape is not None and shape.dim() == 1 else []
         rows = dims[0] if dims else 0
         cols = (math.prod(dims) // rows) if rows else 0

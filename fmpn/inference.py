@@ -220,6 +220,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 COMPILED_BATCHES = (1, 2, 4, 8)
 
 
+# FMPN_COMPILE's values as Predictor's ``compile`` takes them (None: decide from the device and a C++ compiler).
+COMPILE_SETTINGS: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+
+
 def cpp_compiler_found() -> bool:
     """Whether inductor can build CPU kernels here: ``$CXX`` or a g++ / clang++ on the PATH."""
     names = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "clang++"]
