@@ -1,4 +1,8 @@
-"""Face detection with MTCNN (facenet-pytorch; its weights ship inside the wheel, nothing downloads)."""
+"""Face detection with MTCNN (facenet-pytorch's networks; their weights ship inside the wheel, nothing downloads).
+
+The cascade around the networks is :mod:`fmpn.mtcnn`: the same faces as facenet-pytorch's ``MTCNN.detect``,
+in about two thirds of its time on a CPU.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from fmpn.mtcnn import Cascade
 
 
 @dataclass
@@ -24,33 +30,25 @@ class FaceDetector:
         min_face_size: int = 20,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
     ) -> None:
-        from facenet_pytorch import MTCNN
-
         self.min_face_size = min_face_size
-        self.mtcnn = MTCNN(
-            keep_all=True,
-            device=torch.device(device),
-            min_face_size=min_face_size,
-            thresholds=list(thresholds),
-            post_process=False,
-        )
+        self.cascade = Cascade(device, min_face_size=min_face_size, thresholds=thresholds)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         """``image``: (H, W, 3) uint8 RGB."""
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
-        """Several images at once; MTCNN batches only images of one size, so others run one by one."""
+        """Several images, one at a time (:meth:`detect_same_size` batches images of one size)."""
+        return [self.detect_same_size([image])[0] for image in images]
+
+    def detect_same_size(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """Images of one size in one pass of the cascade."""
         out: list[list[Face]] = []
-        for image in images:
-            faces: list[Face] = []
-            if min(image.shape[:2]) < self.min_face_size:  # no face fits (and MTCNN fails on an empty pyramid)
-                out.append(faces)
-                continue
-            boxes, probs, points = self.mtcnn.detect(image, landmarks=True)
-            if boxes is not None:
-                for box, prob, pts in zip(boxes, probs, points, strict=True):
-                    faces.append(Face(tuple(float(v) for v in box), float(prob), np.asarray(pts, dtype=np.float64)))
+        for boxes, points in self.cascade(np.stack(images)):
+            faces = [
+                Face(tuple(float(v) for v in box[:4]), float(box[4]), pts.astype(np.float64))
+                for box, pts in zip(boxes, points, strict=True)
+            ]
             faces.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
             out.append(faces)
         return out

@@ -331,7 +331,7 @@ class Predictor:
                     groups.setdefault(im.shape, []).append(i)
             for idx in groups.values():
                 if len(idx) > 1:
-                    for i, faces in zip(idx, self._detect_same_size([smalls[i] for i in idx]), strict=True):
+                    for i, faces in zip(idx, self.detector.detect_same_size([smalls[i] for i in idx]), strict=True):
                         found[i] = faces
         for i, im in enumerate(smalls):
             if found[i] is None:
@@ -366,17 +366,6 @@ class Predictor:
             box = (max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
             kept.append(Face(box, f.score, f.landmarks - pad))
         return kept
-
-    def _detect_same_size(self, images: list[np.ndarray]) -> list[list[Face]]:
-        boxes, probs, points = self.detector.mtcnn.detect(np.stack(images), landmarks=True)
-        out: list[list[Face]] = []
-        for b, p, pts in zip(boxes, probs, points, strict=True):
-            faces: list[Face] = []
-            if b is not None:
-                for box, prob, lm in zip(b, p, pts, strict=True):
-                    faces.append(Face(tuple(float(v) for v in box), float(prob), np.asarray(lm, dtype=np.float64)))
-            out.append(faces)
-        return out
 
     def align(self, image: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One face -> (centre-cropped (S, S, 3) uint8 crop, 2x3 image -> load_size crop matrix)."""

@@ -68,20 +68,12 @@ def detect_relative(
     out: list[list[tuple[float, np.ndarray]]] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        scales = []
         batch = []
         for im in chunk:
             h, w = im.shape[:2]
-            scales.append(np.array([w, h], dtype=np.float64))
             batch.append(cv2.resize(im, (size, size), interpolation=cv2.INTER_CUBIC) if (h, w) != (size, size) else im)
-        _, probs, points = detector.mtcnn.detect(np.stack(batch), landmarks=True)
-        for prob, pts in zip(probs, points, strict=True):
-            faces: list[tuple[float, np.ndarray]] = []
-            if prob is not None and pts is not None:
-                for p, lm in zip(prob, pts, strict=True):
-                    if p is not None:
-                        faces.append((float(p), np.asarray(lm, dtype=np.float64) / size))
-            out.append(faces)
+        for faces in detector.detect_same_size(batch):
+            out.append([(f.score, f.landmarks / size) for f in faces])
     return out
 
 

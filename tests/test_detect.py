@@ -1,0 +1,121 @@
+"""The face detector's own cascade (fmpn.mtcnn) against facenet-pytorch's MTCNN.detect, on real photos and faces.
+
+Our cascade replaces facenet-pytorch's driver for speed; it must find the same faces: same count, boxes and
+landmarks to 1e-3 px, scores to 1e-6. Its two parts are also checked exactly against the torch ops they replace.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import require_data
+
+from fmpn.detect import FaceDetector
+from fmpn.mtcnn import CeilMaxPool, IntegralImage
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from facenet_pytorch import MTCNN
+
+    return MTCNN(keep_all=True, post_process=False)  # facenet-pytorch's defaults, as FaceDetector had them
+
+
+def _rgb(path, size: tuple[int, int] | None = None, pad: float = 0.0) -> np.ndarray:
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+    if size is not None:
+        im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
+    if pad:
+        k = round(pad * max(im.shape[:2]))
+        im = np.pad(im, ((k, k), (k, k), (0, 0)), mode="edge")
+    return np.ascontiguousarray(im)
+
+
+def _assert_same_faces(faces, reference, image: np.ndarray, what: str) -> None:
+    boxes, probs, points = reference.detect(image, landmarks=True)
+    if boxes is None:
+        assert faces == [], what
+        return
+    assert len(faces) == len(boxes), what
+    boxes, probs, points = (np.asarray(v, dtype=np.float64) for v in (boxes, probs, points))
+    order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), kind="stable")  # ours: largest first
+    np.testing.assert_allclose([f.box for f in faces], boxes[order], atol=1e-3, err_msg=what)
+    np.testing.assert_allclose([f.score for f in faces], probs[order], atol=1e-6, err_msg=what)
+    np.testing.assert_allclose([f.landmarks for f in faces], points[order], atol=1e-3, err_msg=what)
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+def test_ceil_max_pool_equals_torchs(kernel: int) -> None:
+    torch.manual_seed(0)
+    pool, ref = CeilMaxPool(kernel, 2), torch.nn.MaxPool2d(kernel, 2, ceil_mode=True)
+    for shape in [(2, 10, 286, 383), (3, 28, 22, 22), (1, 48, 9, 9), (4, 64, 21, 20), (1, 3, 3, 3), (1, 1, 4, 5)]:
+        x = torch.randn(shape)
+        assert torch.equal(pool(x), ref(x)), shape
+
+
+def test_integral_image_crops_equal_area_interpolation(photos) -> None:
+    image = _rgb(photos / "group-multiface.jpg", (640, 480))
+    pixels = IntegralImage(image[None], torch.device("cpu"))
+    whole = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    rng = np.random.default_rng(0)
+    y0 = rng.integers(0, 470, 40)
+    x0 = rng.integers(0, 630, 40)
+    y1 = np.minimum(480, y0 + rng.integers(1, 300, 40))
+    x1 = np.minimum(640, x0 + rng.integers(1, 300, 40))
+    y0[:2], y1[:2], x0[:2], x1[:2] = [0, 479], [480, 480], [0, 639], [640, 640]  # the whole image; one pixel
+    for size in (24, 48):
+        got = pixels.crops(np.zeros(40, np.int64), y0, y1, x0, x1, size)
+        for k in range(40):
+            want = F.interpolate(whole[:, :, y0[k] : y1[k], x0[k] : x1[k]], size=(size, size), mode="area")
+            assert torch.equal(got[k : k + 1], want), (size, k)
+
+
+def test_same_faces_as_facenet_pytorch_on_photos(photos, detector, reference) -> None:
+    """The service's bench size for each photo, and the group photo (six faces) at its own 1200x630."""
+    for path in sorted(photos.glob("*.jpg")):
+        for size in [(640, 480), None] if path.name.startswith("group") else [(640, 480)]:
+            image = _rgb(path, size)
+            _assert_same_faces(detector.detect(image), reference, image, f"{path.name} {image.shape}")
+
+
+def test_same_faces_as_facenet_pytorch_on_dataset_faces(fer2013, detector, reference) -> None:
+    """Small crops, as the service's crop mode and its detection retry (a margin of edge pixels) see them."""
+    paths = (
+        sorted((fer2013 / "val").glob("*/*"))[::120]
+        + sorted(require_data("ckplus-neutral-peak").glob("**/*.png"))[::100]
+    )
+    assert len(paths) > 40
+    found = 0
+    for path in paths:
+        for pad in (0.0, 0.1):
+            image = _rgb(path, pad=pad)
+            faces = detector.detect(image)
+            found += len(faces)
+            _assert_same_faces(faces, reference, image, f"{path.name} pad {pad}")
+    assert found > len(paths)  # most have a face (with the margin nearly all): the comparison compared faces
+
+
+def test_a_batch_of_one_size_finds_what_each_image_finds_alone(photos, detector) -> None:
+    images = [_rgb(p, (640, 480)) for p in sorted(photos.glob("*.jpg"))]
+    together = detector.detect_same_size(images)
+    assert sum(len(f) for f in together) >= len(images)
+    for image, faces in zip(images, together, strict=True):
+        alone = detector.detect(image)
+        assert len(alone) == len(faces)
+        for a, b in zip(alone, faces, strict=True):
+            np.testing.assert_allclose(a.box, b.box, atol=1e-3)
+            np.testing.assert_allclose(a.landmarks, b.landmarks, atol=1e-3)
+
+
+def test_images_too_small_for_a_face_find_none(detector) -> None:
+    assert detector.detect(np.full((12, 300, 3), 128, np.uint8)) == []
+    assert detector.detect_same_size([np.zeros((19, 19, 3), np.uint8)] * 2) == [[], []]
+    assert detector.detect(np.full((64, 64, 3), 128, np.uint8)) == []  # big enough, but blank
