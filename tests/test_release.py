@@ -8,7 +8,6 @@ from pathlib import Path
 from cli.main import main as fmpn_main
 from fmpn.checkpoint import load_checkpoint
 from fmpn.classes import FER2013
-from fmpn.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "fmpn-cpu-fer2013.safetensors"
@@ -38,7 +37,7 @@ def test_evaluate_reproduces_the_model_card(fer2013, capsys) -> None:
 
 
 def test_evaluate_in_bf16_reproduces_the_model_card(fer2013, capsys) -> None:
-    """What the service computes on CPUs with native bf16: the card's bf16 figure, to the face."""
+    """What the service computes on CPUs with native bf16: the card's bf16 figure, within three faces."""
     card = (ROOT / "weights" / "README.md").read_text()
     claimed = re.search(r"--precision bfloat16`,\s+prints `accuracy (\d\.\d+) \((\d+)/(\d+)\)`", card)
     assert claimed, "the model card lists no bf16 `fmpn evaluate` accuracy"
@@ -46,8 +45,9 @@ def test_evaluate_in_bf16_reproduces_the_model_card(fer2013, capsys) -> None:
     first = capsys.readouterr().out.splitlines()[0]
     right, n = map(int, re.fullmatch(r"accuracy \d\.\d+ \((\d+)/(\d+)\)", first).groups())
     assert n == int(claimed.group(3))
-    # Emulated bf16 (CPUs without the instructions) may round differently: a face or two.
-    assert abs(right - int(claimed.group(2))) <= (0 if cpu_has_native_bf16() else 3)
+    # bf16 kernels differ between CPUs (AMX, AVX512-BF16, emulation without either) and round differently: the
+    # card's figure is one machine's; an AMD EPYC with AVX512-BF16 and no AMX scores 3 faces fewer (the card).
+    assert abs(right - int(claimed.group(2))) <= 3
 
 
 def test_evaluate_detect_scores_the_services_path_from_whole_images(data_dir, tmp_path, capsys) -> None:
