@@ -210,6 +210,8 @@ class Cascade:
         """Stage 2: R-Net rescores and regresses the proposals."""
         data, inside = self._crops(pixels, boxes, owner, 24)
         boxes, owner = boxes[inside], owner[inside]
+        if not len(boxes):  # every box lay wholly outside the image
+            return boxes[:, :5], owner
         offsets, probs = self.rnet(data)
         score = probs[:, 1]
         ok = score > self.thresholds[1]
@@ -224,6 +226,8 @@ class Cascade:
         """Stage 3: O-Net's final boxes, scores and five landmarks (N, 5, 2)."""
         data, inside = self._crops(pixels, boxes, owner, 48)
         boxes, owner = boxes[inside], owner[inside]
+        if not len(boxes):
+            return boxes[:, :5], owner, torch.zeros(0, 5, 2, device=self.device)
         offsets, marks, probs = self.onet(data)
         score = probs[:, 1]
         ok = score > self.thresholds[2]

@@ -119,3 +119,16 @@ def test_images_too_small_for_a_face_find_none(detector) -> None:
     assert detector.detect(np.full((12, 300, 3), 128, np.uint8)) == []
     assert detector.detect_same_size([np.zeros((19, 19, 3), np.uint8)] * 2) == [[], []]
     assert detector.detect(np.full((64, 64, 3), 128, np.uint8)) == []  # big enough, but blank
+
+
+def test_boxes_wholly_outside_the_image_are_dropped_not_fatal(detector) -> None:
+    """A stage whose every candidate lies outside the image ends with no face (facenet-pytorch's driver raised)."""
+    cascade = detector.cascade
+    pixels = IntegralImage(np.zeros((1, 100, 100, 3), np.uint8), torch.device("cpu"))
+    outside = torch.tensor([[-50.0, -50.0, -10.0, -10.0, 0.9], [200.0, 200.0, 250.0, 250.0, 0.8]])
+    owner = torch.zeros(2, dtype=torch.long)
+    with torch.inference_mode():
+        boxes, kept = cascade._refine(pixels, outside.clone(), owner)
+        assert boxes.shape == (0, 5) and kept.shape == (0,)
+        boxes, kept, points = cascade._output(pixels, outside.clone(), owner)
+        assert boxes.shape == (0, 5) and points.shape == (0, 5, 2)
