@@ -26,18 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fmpn.detect import FaceDetector  # noqa: E402
+from fmpn.images import pad_edges, read_image  # noqa: E402
 
 DATA = Path(os.environ.get("FMPN_DATA", ROOT.parent / "shared" / "data"))
 
 
-def rgb(path: Path, size: tuple[int, int] | None = None, pad: float = 0.0) -> np.ndarray:
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+def rgb(path, size: tuple[int, int] | None = None, pad: float = 0.0) -> np.ndarray:
+    im = read_image(path)
     if size is not None:
         im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
-    if pad:
-        k = round(pad * max(im.shape[:2]))
-        im = np.pad(im, ((k, k), (k, k), (0, 0)), mode="edge")
-    return np.ascontiguousarray(im)
+    return pad_edges(im, pad)[0] if pad else im
 
 
 def same_faces(ours, boxes, probs, points) -> tuple[bool, float]:

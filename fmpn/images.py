@@ -15,3 +15,10 @@ def read_image(path: str | Path, mode: str = "RGB", what: str = "image") -> np.n
             return np.asarray(im.convert(mode), dtype=np.uint8).copy()
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {what} {path}: {exc}") from None
+
+
+def pad_edges(image: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
+    """``image`` (H, W, C) with a margin of ``fraction`` of its longer side (at least 1 px) on every side, edge
+    pixels repeated: the detector's retry framing for faces that fill the frame. Returns (padded, margin)."""
+    pad = max(1, round(fraction * max(image.shape[:2])))
+    return np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge"), pad

@@ -39,6 +39,7 @@ from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_t
 from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint
 from fmpn.data.transforms import CENTRE, crop_box, resize_shorter
 from fmpn.detect import Face, FaceDetector
+from fmpn.images import pad_edges
 from fmpn.models import class_probabilities
 from fmpn.models.fuse import compile_frozen, prepare_for_inference
 from fmpn.precision import autocast, resolve_precision
@@ -356,8 +357,7 @@ class Predictor:
         crop is the one the padded image gives.
         """
         h, w = image.shape[:2]
-        pad = max(1, round(self.retry_pad * max(h, w)))
-        padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        padded, pad = pad_edges(image, self.retry_pad)
         kept: list[Face] = []
         for f in self.detector.detect(padded):
             x1, y1, x2, y2 = (v - pad for v in f.box)

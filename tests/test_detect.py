@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from conftest import require_data
 
 from fmpn.detect import FaceDetector
+from fmpn.images import pad_edges, read_image
 from fmpn.mtcnn import CeilMaxPool, IntegralImage
 
 
@@ -30,13 +31,10 @@ def reference():
 
 
 def _rgb(path, size: tuple[int, int] | None = None, pad: float = 0.0) -> np.ndarray:
-    im = cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+    im = read_image(path)
     if size is not None:
         im = cv2.resize(im, size, interpolation=cv2.INTER_AREA)
-    if pad:
-        k = round(pad * max(im.shape[:2]))
-        im = np.pad(im, ((k, k), (k, k), (0, 0)), mode="edge")
-    return np.ascontiguousarray(im)
+    return pad_edges(im, pad)[0] if pad else im
 
 
 def _assert_same_faces(faces, reference, image: np.ndarray, what: str) -> None:
