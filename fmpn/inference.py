@@ -328,7 +328,7 @@ class Predictor:
         if self.batch_detect and len(images) > 1:
             groups: dict[tuple[int, ...], list[int]] = {}
             for i, im in enumerate(smalls):
-                if min(im.shape[:2]) >= self.detector.min_face_size:  # smaller ones: no face, see FaceDetector
+                if min(im.shape[:2]) >= self.detector.min_face_size:  # smaller ones hold no face (fmpn.mtcnn)
                     groups.setdefault(im.shape, []).append(i)
             for idx in groups.values():
                 if len(idx) > 1:

@@ -6,7 +6,7 @@ Here all the boxes of a stage are read off one integral image of the input at on
 lookups), and the pooling is the maximum of strided views; both give the same numbers bit for bit, so the
 faces, scores and landmarks are facenet-pytorch's (``tests/test_detect.py``; every FER2013 validation face and
 CK+ neutral/peak crop compared equal), in 0.77-0.95 of its time on 640 px to 2048 px photos on 2 CPU cores
-(``bench/bench_detect.py``; two runs; on 48 px face crops 0.78 in one and 1.01 in the other).
+(``bench/bench_detect.py``, three runs; 0.78-1.01 on 48 px and 128 px face crops).
 """
 
 from __future__ import annotations
