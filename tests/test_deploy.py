@@ -221,7 +221,8 @@ def test_gpu_and_cpu_images_differ_only_in_torch_and_device(stages) -> None:
     # The NVIDIA Container Toolkit needs these on a non-CUDA base image to mount the driver in.
     assert gpu_env["NVIDIA_VISIBLE_DEVICES"] == "all" and "compute" in gpu_env["NVIDIA_DRIVER_CAPABILITIES"]
     assert not any(k.startswith("NVIDIA_") for k in cpu_env)
-    rest = {"FMPN_DEVICE", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"}
+    assert "TORCHINDUCTOR_CACHE_DIR" not in gpu_env  # CUDA runs uncompiled: only the CPU image keeps kernels
+    rest = {"FMPN_DEVICE", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "TORCHINDUCTOR_CACHE_DIR"}
     assert {k: v for k, v in gpu_env.items() if k not in rest} == {k: v for k, v in cpu_env.items() if k not in rest}
 
     gpu_runs, cpu_runs = " ".join(stages["gpu"][0].all("RUN")), " ".join(stages["cpu"][0].all("RUN"))
@@ -295,6 +296,23 @@ def test_release_weights_are_there_to_bake_in() -> None:
 @pytest.fixture(scope="module")
 def compose() -> dict:
     return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_cpu_image_keeps_compiled_kernels_in_a_volume_its_user_owns(stages, compose) -> None:
+    """FMPN_COMPILE's kernels outlive the container: inductor's cache dir lies in a declared VOLUME, created and
+    owned by the service's user before USER, and compose mounts a named volume there (the root is read-only)."""
+    runtime = stages["cpu"][-1]
+    cache = Path(runtime.env["TORCHINDUCTOR_CACHE_DIR"])
+    (volume,) = runtime.all("VOLUME")
+    volume = Path(volume.strip('[]" '))
+    assert cache == volume or volume in cache.parents
+    uid = runtime.last("USER").split(":")[0]
+    setup = " ".join(runtime.all("RUN"))
+    assert f"mkdir -p {cache}" in setup and re.search(rf"chown -R {uid}:\d+ {volume}\b", setup)
+    mounts = compose["services"]["fmpn-cpu"]["volumes"]
+    named = [m for m in mounts if m.split(":")[1] == str(volume)]
+    assert named and named[0].split(":")[0] in compose["volumes"]
+    assert "volumes" not in compose["services"]["fmpn"]
 
 
 def test_compose_matches_the_compose_spec_schema(compose) -> None:
