@@ -6,6 +6,7 @@ Each run is a fresh process, as a restarted service is: it loads the weights int
 find the kernels the first compiled.
 
     python bench/bench_warmup.py --runs 3 --threads 2
+    TMPDIR=/mnt/noexec python bench/bench_warmup.py --runs 1 --cache /var/tmp/kernels   # /tmp need not be exec
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ def main() -> int:
     p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     p.add_argument("--runs", type=int, default=3, help="processes in turn; the first finds the cache empty")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=None, help="the cache directory (default: a fresh one in TMPDIR)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(args.weights, args.threads)
         return 0
-    with tempfile.TemporaryDirectory(prefix="fmpn-inductor-") as cache:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
+    with tempfile.TemporaryDirectory(prefix="fmpn-inductor-") as fresh:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(args.cache or fresh))
         for run in range(args.runs):
             cmd = [sys.executable, __file__, "--child", "--weights", str(args.weights), "--threads", str(args.threads)]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout.strip()
