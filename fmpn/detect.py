@@ -25,7 +25,6 @@ class FaceDetector:
     """MTCNN returning every face with its 5 landmarks, largest first."""
 
     def __init__(self, device: str | torch.device = "cpu", min_face_size: int = 20) -> None:
-        self.min_face_size = min_face_size
         self.cascade = Cascade(device, min_face_size=min_face_size)  # MTCNN's thresholds (0.6, 0.7, 0.7)
 
     def detect(self, image: np.ndarray) -> list[Face]:

@@ -328,8 +328,7 @@ class Predictor:
         if self.batch_detect and len(images) > 1:
             groups: dict[tuple[int, ...], list[int]] = {}
             for i, im in enumerate(smalls):
-                if min(im.shape[:2]) >= self.detector.min_face_size:  # smaller ones hold no face (fmpn.mtcnn)
-                    groups.setdefault(im.shape, []).append(i)
+                groups.setdefault(im.shape, []).append(i)
             for idx in groups.values():
                 if len(idx) > 1:
                     for i, faces in zip(idx, self.detector.detect_same_size([smalls[i] for i in idx]), strict=True):

@@ -163,12 +163,12 @@ class Cascade:
     def _normalise(x: torch.Tensor) -> torch.Tensor:
         return (x - 127.5) * 0.0078125
 
-    def _proposals(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage 1: P-Net over the pyramid of ``batch`` (B, 3, H, W) float: squared boxes (N, 5: x1 y1 x2 y2
-        score) and their image index."""
+    def _proposals(self, batch: torch.Tensor, scales: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1: P-Net over the pyramid ``scales`` of ``batch`` (B, 3, H, W) float: squared boxes (N, 5: x1 y1
+        x2 y2 score) and their image index."""
         h, w = batch.shape[2:]
         boxes, owners = [], []
-        for scale in self.scales(h, w):
+        for scale in scales:
             data = self._normalise(F.interpolate(batch, size=(int(h * scale + 1), int(w * scale + 1)), mode="area"))
             offsets, probs = self.pnet(data)
             hit = probs[:, 1] >= self.thresholds[0]  # (B, h', w')
@@ -243,11 +243,12 @@ class Cascade:
         """``images`` (B, H, W, 3) uint8 RGB, one size -> per image (boxes (N, 5): x1 y1 x2 y2 score, landmarks
         (N, 5, 2)), in the order the last NMS keeps them."""
         images = np.ascontiguousarray(images)
-        if not self.scales(*images.shape[1:3]):  # smaller than the smallest face: nothing to look at
+        scales = self.scales(*images.shape[1:3])
+        if not scales:  # smaller than the smallest face: nothing to look at
             return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)) for _ in images]
         batch = torch.as_tensor(images, device=self.device).permute(0, 3, 1, 2).float()
         pixels = IntegralImage(images, self.device)
-        boxes, owner = self._proposals(batch)
+        boxes, owner = self._proposals(batch, scales)
         points = torch.zeros(0, 5, 2, device=self.device)
         if len(boxes):
             boxes, owner = self._refine(pixels, boxes, owner)
