@@ -19,6 +19,9 @@ DECODE_STATUS = {
     "corrupt_image": 400,
     "unsupported_image_format": 415,
     "too_many_pixels": 413,
+    # fmpn.video.VideoDecodeError.code
+    "unsupported_video": 415,
+    "invalid_video": 400,
 }
 
 _HTTP_CODES = {

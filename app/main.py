@@ -18,7 +18,7 @@ import fmpn
 from app.errors import install_error_handlers
 from app.memory import limit_malloc_arenas
 from app.metrics import Metrics, MetricsMiddleware
-from app.routes import demo, health, models, predictions, results
+from app.routes import demo, health, models, predictions, results, videos
 from app.security import RateLimiter, check_api_key, check_rate_limit
 from app.service import Service
 from app.settings import Settings
@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(models.router, dependencies=guarded)
     app.include_router(predictions.router, dependencies=guarded)
     app.include_router(results.router, dependencies=guarded)
+    app.include_router(videos.router, dependencies=guarded)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 

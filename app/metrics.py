@@ -54,6 +54,8 @@ class Metrics:
             ["detect"],
             registry=r,
         )
+        self.videos = Counter("fmpn_videos_total", "videos predicted (POST /v1/videos:predict)", registry=r)
+        self.video_frames = Counter("fmpn_video_frames_total", "video frames analysed", registry=r)
         self.rejected = Counter(
             "fmpn_rejected_total", "requests refused before inference, by reason", ["reason"], registry=r
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -39,8 +40,10 @@ def render_overlay(
     boxes: bool = True,
     labels: bool = True,
     max_side: int | None = None,
+    ids: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> the same image (optionally downscaled to ``max_side``) with the overlay."""
+    """(H, W, 3) uint8 RGB -> the same image (optionally downscaled to ``max_side``) with the overlay.
+    ``ids``: each face's number in its label and colour (a video's track ids); default its index."""
     h, w = image.shape[:2]
     scale = 1.0
     if max_side and max(h, w) > max_side:
@@ -58,7 +61,8 @@ def render_overlay(
     draw = ImageDraw.Draw(pil)
     line = max(2, round(min(oh, ow) / 300))
     font = _font(max(12, round(min(oh, ow) / 40)))
-    for i, face in enumerate(prediction.faces):
+    for index, face in enumerate(prediction.faces):
+        i = index if ids is None else ids[index]
         colour = PALETTE[i % len(PALETTE)]
         x1, y1, x2, y2 = (v * scale for v in face.box)
         if boxes:

@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from fmpn.inference import LANDMARK_NAMES, FacePrediction, ImagePrediction
+from fmpn.video import Frame, Track
 
 # detect=false classifies the centre square of the image; wider or taller than this gets a warning.
 SQUARE_ENOUGH = 1.2
@@ -110,6 +111,49 @@ class PredictionRequest(BaseModel):
 
 class BatchPredictionRequest(BaseModel):
     images: list[str] = Field(description="image files, base64 (data: URLs are accepted)")
+
+
+class VideoFace(FaceResult):
+    track: int = Field(description="the face's track: the same id in every frame the same face is in")
+
+
+class VideoFrameResult(BaseModel):
+    frame: int = Field(description="0-based frame number in the video")
+    time_s: float = Field(description="the frame's time in the video, seconds")
+    faces: list[VideoFace]
+    faces_detected: int
+
+
+class TrackResult(BaseModel):
+    id: int
+    first_frame: int
+    last_frame: int
+    start_s: float
+    end_s: float
+    frames: int = Field(description="analysed frames the face is in")
+    label: str = Field(description="the most probable class of the averaged probabilities")
+    label_score: float
+    probabilities: dict[str, float] = Field(description="the face's probabilities averaged over its frames")
+
+
+class VideoMeta(BaseModel):
+    width: int
+    height: int
+    fps: float = Field(description="the video's frame rate; 0 when its container does not say")
+    frames: int = Field(description="the video's frame count as its container says; 0 when unknown")
+    duration_s: float
+
+
+class VideoResponse(BaseModel):
+    video: VideoMeta
+    model: ModelRef
+    sampled_fps: float | None = Field(description="frames analysed a second of video; null: every frame")
+    frames_analysed: int
+    frames_truncated: bool = Field(description="true when max_frames stopped the analysis before the video ended")
+    frames: list[VideoFrameResult]
+    tracks: list[TrackResult] = Field(description="one per face followed through the frames, longest first")
+    warnings: list[str] = Field(default_factory=list)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
 
 
 class ModelInfo(BaseModel):
@@ -228,3 +272,37 @@ def prediction_response(
         expires_at=expires_at,
         timings_ms={k: round(v, 2) for k, v in (timings_ms or {}).items()},
     )
+
+
+def video_frame_result(
+    frame: Frame, prediction: ImagePrediction, tracks: list[int], classes: list[str], *, include_mask: bool
+) -> VideoFrameResult:
+    faces = [
+        VideoFace(**face_result(i, f, classes, include_mask=include_mask).model_dump(), track=t)
+        for i, (f, t) in enumerate(zip(prediction.faces, tracks, strict=True))
+    ]
+    return VideoFrameResult(
+        frame=frame.index, time_s=round(frame.time_s, 4), faces=faces, faces_detected=prediction.faces_detected
+    )
+
+
+def track_results(tracks: list[Track], classes: list[str]) -> list[TrackResult]:
+    """Longest first (then earliest): the people who were in the clip longest lead."""
+    results = []
+    for track in sorted(tracks, key=lambda t: (-t.frames, t.first_frame, t.id)):
+        probs = [float(p) for p in track.probabilities]
+        best = int(np.argmax(probs))
+        results.append(
+            TrackResult(
+                id=track.id,
+                first_frame=track.first_frame,
+                last_frame=track.last_frame,
+                start_s=round(track.first_time_s, 4),
+                end_s=round(track.last_time_s, 4),
+                frames=track.frames,
+                label=classes[best],
+                label_score=probs[best],
+                probabilities=dict(zip(classes, probs, strict=True)),
+            )
+        )
+    return results

@@ -7,6 +7,7 @@ Start-up never crashes the process: a missing or corrupt checkpoint leaves the s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import re
 import time
@@ -19,9 +20,10 @@ from app.batching import Batcher, QueueFull
 from app.errors import DECODE_STATUS, ApiError
 from app.metrics import Metrics
 from app.render import encode_png, render_overlay
-from app.schemas import PredictionResponse, prediction_response
+from app.schemas import PredictionResponse, VideoResponse, prediction_response
 from app.settings import Settings
 from app.store import ResultStore, StoredResult
+from app.video import VideoAnalysis, in_memory_file
 from fmpn.checkpoint import CheckpointError
 from fmpn.inference import (
     COMPILE_SETTINGS,
@@ -31,8 +33,12 @@ from fmpn.inference import (
     Predictor,
     decode_image,
 )
+from fmpn.video import Frame, VideoDecodeError, probe_video, sample_frames
 
 log = logging.getLogger("app")
+
+# How long a video's frames wait for room in a full inference queue before the video is refused (503).
+VIDEO_QUEUE_WAIT_S = 30.0
 
 
 def build_predictor(s: Settings) -> Predictor:
@@ -242,6 +248,87 @@ class Service:
         )
         self.store.put(result_id, stored)
         return response
+
+    async def predict_video(
+        self, data: bytes, *, fps: float | None, max_frames: int | None, include_mask: bool, max_faces: int | None
+    ) -> VideoResponse:
+        """One uploaded video -> every sampled frame's faces and each face's track. Its frames queue in the batcher
+        beside other requests' images, a batch at a time, so a video slows the service down but does not stop it."""
+        self.require_ready()
+        t0 = time.perf_counter()
+        cap = self.settings.max_video_frames
+        frames_cap = cap if max_frames is None else min(max_frames, cap)
+        limit = self.settings.max_faces if max_faces is None else min(max_faces, self.settings.max_faces)
+        timings = {"decode": 0.0, "queue": 0.0, "detect": 0.0, "model": 0.0}
+        with in_memory_file(data) as path:
+            try:
+                info = await anyio.to_thread.run_sync(probe_video, path)
+            except VideoDecodeError as exc:
+                self.metrics.rejected.labels(exc.code).inc()
+                raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+            analysis = VideoAnalysis(info, self.model_info, fps, frames_cap, include_mask)
+            frames = sample_frames(path, fps, frames_cap, self.settings.max_pixels)
+            try:
+                while True:
+                    t1 = time.perf_counter()
+                    try:
+                        chunk = await anyio.to_thread.run_sync(
+                            lambda: list(itertools.islice(frames, self.settings.max_batch))
+                        )
+                    except VideoDecodeError as exc:
+                        self.metrics.rejected.labels(exc.code).inc()
+                        raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+                    timings["decode"] += time.perf_counter() - t1
+                    if not chunk:
+                        break
+                    for frame, (prediction, meta) in zip(chunk, await self._submit_frames(chunk, limit), strict=True):
+                        analysis.add(frame, prediction)
+                        for key in ("queue", "detect", "model"):
+                            timings[key] += meta.get(key, 0.0)
+            finally:
+                await anyio.to_thread.run_sync(frames.close)
+        self.metrics.videos.inc()
+        self.metrics.video_frames.inc(len(analysis.frames))
+        timings_ms = {k: v * 1000 for k, v in timings.items()}
+        timings_ms["total"] = (time.perf_counter() - t0) * 1000
+        return await anyio.to_thread.run_sync(analysis.response, timings_ms)
+
+    async def _submit_frames(self, chunk: list[Frame], limit: int) -> list[tuple[ImagePrediction, dict[str, float]]]:
+        """Queue a chunk of frames once there is room for all of them (a video already accepted is not dropped for
+        a full queue; it waits, up to VIDEO_QUEUE_WAIT_S)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + VIDEO_QUEUE_WAIT_S
+        while self.settings.queue_size - self.batcher.depth < len(chunk):
+            if loop.time() > deadline:
+                self.metrics.rejected.labels("queue_full").inc()
+                raise ApiError(
+                    503,
+                    "queue_full",
+                    f"the service is busy: the inference queue (queue_size={self.settings.queue_size}) had no room for "
+                    f"the video's frames for {VIDEO_QUEUE_WAIT_S:g} s; retry later",
+                    {"Retry-After": str(self.batcher.retry_after())},
+                )
+            await asyncio.sleep(0.05)
+        try:
+            return list(
+                await asyncio.gather(*(self.batcher.submit(f.rgb, max_faces=limit, detect=True) for f in chunk))
+            )
+        except QueueFull as exc:  # another request took the room first
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(
+                503,
+                "queue_full",
+                f"the service is busy: the inference queue is full (queue_size={exc.size}); retry later",
+                {"Retry-After": str(exc.retry_after)},
+            ) from None
+        except ApiError:
+            raise
+        except Exception as exc:
+            log.error("inference failed on a video frame: %s: %s", type(exc).__name__, exc)
+            self.metrics.rejected.labels("inference_failed").inc()
+            raise ApiError(
+                500, "inference_failed", "inference failed for a frame of this video; the error was logged"
+            ) from None
 
     def get_result(self, result_id: str) -> StoredResult:
         stored = self.store.get(result_id)

@@ -1,4 +1,4 @@
-"""Reading images out of a request: multipart, raw ``image/*`` body, or JSON with base64.
+"""Reading images (multipart, raw ``image/*`` body, or JSON with base64) and videos out of a request.
 
 Bodies are read into memory with a hard size limit while streaming (a larger body is refused before
 it is all received), and multipart is parsed in memory: unlike Starlette's form parser, nothing is
@@ -34,7 +34,7 @@ IMAGE_TYPES = {
     "image/mpo",
 }
 RAW_TYPES = IMAGE_TYPES | {"application/octet-stream"}
-FILE_FIELDS = {"image", "file", "images", "files", "images[]", "files[]"}
+FILE_FIELDS = {"image", "file", "images", "files", "images[]", "files[]", "video"}
 _DATA_URL = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 
 
@@ -212,3 +212,42 @@ def _json_images(payload: object, batch: bool, max_image_bytes: int) -> list[byt
     if batch and not texts:
         raise ApiError(400, "missing_image", "the batch has no images")
     return [decode_base64(t, max_image_bytes, f"images[{i}]" if batch else "image") for i, t in enumerate(texts)]
+
+
+# Media types of a raw video body.
+VIDEO_TYPES = {
+    "video/mp4",
+    "video/quicktime",
+    "video/webm",
+    "video/x-matroska",
+    "video/x-msvideo",
+    "video/avi",
+    "application/octet-stream",
+}
+
+
+async def read_video(request: Request, max_video_bytes: int) -> bytes:
+    """The video file of a request: a raw ``video/*`` body or a multipart file part (field ``video``)."""
+    ctype = media_type(request)
+    if ctype in VIDEO_TYPES or ctype == "":
+        data = await read_body(request, max_video_bytes, "max_video_bytes")
+    elif ctype == "multipart/form-data":
+        body = await read_body(request, max_video_bytes + 64 * 1024, "max_video_bytes")
+        files = parse_multipart(body, request.headers["content-type"]) if body else []
+        if body and not files:
+            raise ApiError(
+                400, "missing_video", "the multipart body has no file part (send the video as field 'video')"
+            )
+        data = files[0][1] if files else b""
+        if len(data) > max_video_bytes:
+            raise too_large(f"the video ({len(data)} bytes)", max_video_bytes, "max_video_bytes")
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {ctype} is not supported for a video; send the file as the body "
+            f"({', '.join(sorted(VIDEO_TYPES))}) or as multipart/form-data",
+        )
+    if not data:
+        raise ApiError(400, "empty_body", "the request body is empty: send a video file")
+    return data

@@ -12,7 +12,7 @@ import os
 import sys
 
 # Subcommand modules, in the order they appear in --help.
-COMMAND_MODULES = ("cli.train", "cli.evaluate", "cli.crops", "cli.masks", "cli.export", "cli.serve")
+COMMAND_MODULES = ("cli.train", "cli.evaluate", "cli.crops", "cli.masks", "cli.export", "cli.serve", "cli.video")
 
 
 def build_parser() -> argparse.ArgumentParser:

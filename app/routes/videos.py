@@ -1,0 +1,76 @@
+"""POST /v1/videos:predict: a video's sampled frames, their faces, and each face followed through the clip."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+
+from app.routes.predictions import MAX_FACES_QUERY
+from app.schemas import ErrorResponse, VideoResponse
+from app.upload import VIDEO_TYPES, read_video
+
+router = APIRouter(tags=["videos"])
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "empty body, or a video that cannot be decoded (corrupt, truncated, unknown codec)",
+        401: "missing or wrong API key (when one is configured)",
+        413: "body over max_video_bytes, or frames over max_pixels",
+        415: "unsupported content type or container (MP4/MOV, WebM/MKV, AVI)",
+        422: "invalid parameters",
+        429: "rate limit exceeded (Retry-After)",
+        500: "inference failed on a frame (the error is logged; the service goes on)",
+        503: "not ready, or the queue stayed full (Retry-After)",
+    }.items()
+}
+
+_VIDEO_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"video": {"type": "string", "format": "binary"}},
+                "required": ["video"],
+            }
+        },
+        **{t: {"schema": {"type": "string", "format": "binary"}} for t in sorted(VIDEO_TYPES)},
+    },
+}
+
+
+@router.post(
+    "/v1/videos:predict",
+    response_model=VideoResponse,
+    summary="Predict the expressions of the faces in a video, frame by frame and per face track",
+    description=(
+        "Send the video file as the body (`video/mp4`, `video/webm`, ...) or as a multipart upload (field "
+        "`video`); MP4/MOV, WebM/MKV and AVI containers, at most `max_video_bytes`. Frames are sampled at `fps` "
+        "a second (default `video_fps`), at most `max_frames` of them (capped by `max_video_frames`), and go "
+        "through the same pipeline as photos. Each face carries a `track` id, the same in every frame the same "
+        "face is in; `tracks` gives each face's probabilities averaged over its frames. Nothing is stored: the "
+        "video is held in memory while it is analysed."
+    ),
+    responses=_ERRORS,
+    openapi_extra={"requestBody": _VIDEO_BODY},
+)
+async def predict_video(
+    request: Request,
+    fps: float | None = Query(None, gt=0, le=120, description="frames analysed a second of video (default video_fps)"),
+    max_frames: int | None = Query(
+        None, ge=1, description="analyse at most this many frames; capped by max_video_frames"
+    ),
+    mask: bool = Query(False, description="include each face's motion mask as base64 PNG (large for a video)"),
+    max_faces: int | None = MAX_FACES_QUERY,
+) -> VideoResponse:
+    service = request.app.state.service
+    settings = request.app.state.settings
+    service.require_ready()
+    data = await read_video(request, settings.max_video_bytes)
+    return await service.predict_video(
+        data,
+        fps=settings.video_fps if fps is None else fps,
+        max_frames=max_frames,
+        include_mask=mask,
+        max_faces=max_faces,
+    )

@@ -1,0 +1,100 @@
+"""``fmpn video CLIP``: the expressions of the faces in a video, frame by frame and per face followed through it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from cli.serve import _settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    video = sub.add_parser(
+        "video",
+        help="predict the expressions in a video: every sampled frame's faces, and each face's track",
+        description="Samples the video's frames at --fps, runs each through the service's pipeline and follows "
+        "every face from frame to frame. Prints the POST /v1/videos:predict JSON: the frames' faces (each with "
+        "its track id) and one summary per track (the face's probabilities averaged over its frames).",
+    )
+    video.add_argument("video", metavar="VIDEO", help="an MP4/MOV, WebM/MKV or AVI file")
+    video.add_argument("--fps", type=float, help="frames analysed a second of video (default: FMPN_VIDEO_FPS, 5)")
+    video.add_argument("--all-frames", action="store_true", help="analyse every frame (overrides --fps)")
+    video.add_argument("--max-frames", type=int, help="analyse at most this many frames (default: all)")
+    video.add_argument("--batch", type=int, default=8, help="frames per model batch (default 8)")
+    video.add_argument("--max-faces", type=int, help="classify at most the N largest faces a frame")
+    video.add_argument("--weights", help="checkpoint (default: FMPN_WEIGHTS or the checkout's released file)")
+    video.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    video.add_argument("--mask", action="store_true", help="include each face's motion mask (base64 PNG) in the JSON")
+    video.add_argument(
+        "--overlay", metavar="OUT.mp4", help="write the analysed frames with boxes, track ids and masks as an MP4"
+    )
+    video.add_argument("--overlay-max-side", type=int, default=1280, help="overlay frame size cap (default 1280)")
+    video.add_argument("--indent", type=int, default=2, help="JSON indent (0: one line)")
+    video.set_defaults(func=run_video)
+
+
+def run_video(args: argparse.Namespace) -> int:
+    from app.render import render_overlay
+    from app.service import build_predictor
+    from app.video import VideoAnalysis
+    from fmpn.video import predict_frames, probe_video, sample_frames
+
+    settings = _settings(args, compile="off")
+    fps = None if args.all_frames else (settings.video_fps if args.fps is None else args.fps)
+    if fps is not None and not fps > 0:
+        raise ValueError(f"--fps must be above 0, got {args.fps}")
+    for name in ("max_frames", "batch", "max_faces", "overlay_max_side"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    path = Path(args.video)
+    info = probe_video(path)  # a clear error before the model loads
+    predictor = build_predictor(settings)
+    analysis = VideoAnalysis(info, predictor.info(), fps, args.max_frames, include_mask=args.mask)
+    writer = None
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    frames = sample_frames(path, fps, args.max_frames, settings.max_pixels)
+    try:
+        for frame, prediction in predict_frames(predictor, frames, args.batch, args.max_faces, timings):
+            ids = analysis.add(frame, prediction)
+            if args.overlay:
+                shown = render_overlay(
+                    frame.rgb,
+                    prediction,
+                    predictor.classes,
+                    alpha=settings.mask_alpha,
+                    ids=ids,
+                    max_side=args.overlay_max_side,
+                )
+                writer = writer or _writer(args.overlay, shown.shape, fps or info.fps or 25.0, info.fps)
+                writer.write(shown[:, :, ::-1].copy())
+    finally:
+        if writer is not None:
+            writer.release()
+    seconds = time.perf_counter() - t0
+    timings_ms = {k: v * 1000 for k, v in timings.items() if k != "faces"}
+    timings_ms["total"] = seconds * 1000
+    response = analysis.response(timings_ms)
+    print(response.model_dump_json(indent=args.indent or None))
+    n = response.frames_analysed
+    print(
+        f"fmpn video: {path}: {n} frames analysed in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} frames/s), "
+        f"{sum(len(f.faces) for f in response.frames)} faces, {len(response.tracks)} tracks"
+        + (f", overlay {args.overlay}" if args.overlay and writer is not None else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _writer(path: str, shape: tuple[int, ...], fps: float, video_fps: float):  # noqa: ANN202 - cv2.VideoWriter
+    import cv2
+
+    rate = min(fps, video_fps) if video_fps > 0 else fps
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), rate, (shape[1], shape[0]))
+    if not writer.isOpened():
+        raise ValueError(f"cannot write the overlay video {path} (an .mp4 path in a writable folder)")
+    return writer

@@ -1,0 +1,276 @@
+"""Videos: frames sampled at a steady rate, and faces followed from frame to frame.
+
+A clip's expressions are read per person, not per frame: one frame's prediction flickers (a blink, motion blur),
+while the probabilities averaged over a face's track say what that person showed. Tracking is deliberately simple
+(nearest box of a similar size, greedy): MTCNN finds the same face again in the next frame, and people in a clip
+move less than a face width in a fifth of a second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fmpn.inference import ImagePrediction, Predictor
+
+DEFAULT_FPS = 5.0  # frames analysed a second of video
+
+
+class VideoDecodeError(ValueError):
+    """A file that cannot be read as a video, or a video over a limit; ``code`` as the service's errors."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float  # as the container says; 0 when it does not
+    frames: int  # as the container says (an estimate for some formats); 0 when unknown
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.fps if self.fps > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int  # 0-based frame number in the video
+    time_s: float  # its presentation time
+    rgb: np.ndarray  # (H, W, 3) uint8
+
+
+# Containers read, by their first bytes. FFmpeg would open far more, playlists among them (HLS, concat), which name
+# other files and URLs for it to read: an uploaded "video" must not make the service read a local file or fetch a URL.
+FORMATS = "MP4/MOV, WebM/MKV or AVI"
+_MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
+
+
+def container_format(head: bytes) -> str | None:
+    """ "mp4", "matroska" or "avi" from a file's first 12 bytes; None for anything else."""
+    if len(head) >= 8 and head[4:8] in _MP4_BOXES:
+        return "mp4"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "avi"
+    return None
+
+
+def _capture(path: str | Path) -> tuple[cv2.VideoCapture, VideoInfo]:
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError("not_found", f"no such video file: {path}")
+    with path.open("rb") as f:
+        head = f.read(12)
+    if container_format(head) is None:
+        raise VideoDecodeError("unsupported_video", f"not a video file of a supported format ({FORMATS})")
+    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if not capture.isOpened() or width <= 0 or height <= 0:
+        capture.release()
+        raise VideoDecodeError(
+            "invalid_video", "the video cannot be decoded (corrupt, truncated, or a codec FFmpeg lacks)"
+        )
+    fps = float(capture.get(cv2.CAP_PROP_FPS))
+    fps = fps if math.isfinite(fps) and 0 < fps <= 1000 else 0.0
+    frames = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+    return capture, VideoInfo(width=width, height=height, fps=fps, frames=frames)
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Size, frame rate and frame count, without decoding a frame."""
+    capture, info = _capture(path)
+    capture.release()
+    return info
+
+
+def sample_frames(
+    path: str | Path,
+    fps: float | None = DEFAULT_FPS,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[Frame]:
+    """The video's frames at ``fps`` a second (None, or at least the video's own rate: every frame), at most
+    ``max_frames`` of them. Frames in between are grabbed, not converted. A video whose frames are larger than
+    ``max_pixels`` is refused before any is decoded."""
+    if fps is not None and not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    capture, info = _capture(path)
+    try:
+        if max_pixels is not None and info.width * info.height > max_pixels:
+            raise VideoDecodeError(
+                "too_many_pixels",
+                f"the video's frames are {info.width}x{info.height} = {info.width * info.height} pixels; "
+                f"the limit is {max_pixels}",
+            )
+        # Without a frame rate, frames are taken by their timestamps instead of their numbers.
+        step = 1.0 if fps is None or info.fps <= 0 or fps >= info.fps else info.fps / fps
+        next_pick = 0.0
+        next_time = 0.0
+        index = taken = 0
+        while max_frames is None or taken < max_frames:
+            if not capture.grab():
+                break
+            time_s = index / info.fps if info.fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            wanted = index + 1e-9 >= next_pick if info.fps > 0 or fps is None else time_s + 1e-9 >= next_time
+            if wanted:
+                ok, bgr = capture.retrieve()
+                if not ok or bgr is None:
+                    break
+                yield Frame(index=index, time_s=time_s, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                taken += 1
+                next_pick += step
+                if fps is not None:
+                    next_time = time_s + 1.0 / fps
+            index += 1
+    finally:
+        capture.release()
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracks
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Track:
+    id: int
+    first_frame: int
+    first_time_s: float
+    last_frame: int
+    last_time_s: float
+    box: tuple[float, float, float, float]  # the latest
+    frames: int = 1  # sampled frames the face is in
+    probability_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    missed: int = 0  # sampled frames since it was last seen
+    velocity: tuple[float, float] = (0.0, 0.0)  # centre motion a sampled frame, pixels
+
+    def predicted_centre(self) -> tuple[float, float]:
+        """Where its face should be in the next sampled frame, moving on as it moved."""
+        x, y, _ = _centre_and_size(self.box)
+        steps = self.missed + 1
+        return x + self.velocity[0] * steps, y + self.velocity[1] * steps
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """Its faces' class probabilities, averaged over the frames it is in."""
+        return self.probability_sum / max(self.frames, 1)
+
+
+def _centre_and_size(box: Sequence[float]) -> tuple[float, float, float]:
+    x1, y1, x2, y2 = box
+    return (x1 + x2) / 2.0, (y1 + y2) / 2.0, max(x2 - x1, y2 - y1, 1e-6)
+
+
+class FaceTracker:
+    """Gives each face of a frame the id of the face it continues.
+
+    A face continues a track when its centre lies within ``max_shift`` face sizes of where the track's face should
+    be (its last centre moved on by its last motion) and its size is within a factor ``max_scale`` of the track's
+    last box. The closest pairs are matched first, a track counted half a face size further for each frame it was not
+    seen in: a face that was just there is likelier than one that left frames ago. A track not seen for more
+    than ``max_gap`` sampled frames ends, and a face that matches no track starts a new one.
+    """
+
+    def __init__(self, max_shift: float = 1.5, max_scale: float = 1.4, max_gap: int = 5) -> None:
+        self.max_shift = max_shift
+        self.max_scale = max_scale
+        self.max_gap = max_gap
+        self.tracks: list[Track] = []
+        self._live: list[Track] = []
+
+    def update(
+        self, frame: int, time_s: float, boxes: Sequence[Sequence[float]], probabilities: Sequence[np.ndarray]
+    ) -> list[int]:
+        """The track id of each face (``boxes``, ``probabilities`` in the same order) of the next sampled frame."""
+        pairs: list[tuple[float, int, int]] = []
+        for t, track in enumerate(self._live):
+            _, _, ts = _centre_and_size(track.box)
+            tx, ty = track.predicted_centre()
+            for f, box in enumerate(boxes):
+                fx, fy, fs = _centre_and_size(box)
+                shift = math.hypot(fx - tx, fy - ty) / max(ts, fs)
+                if shift <= self.max_shift and max(fs / ts, ts / fs) <= self.max_scale:
+                    pairs.append((shift + 0.5 * track.missed, t, f))
+        ids: list[int | None] = [None] * len(boxes)
+        taken: set[int] = set()
+        for _, t, f in sorted(pairs):
+            if t in taken or ids[f] is not None:
+                continue
+            taken.add(t)
+            track = self._live[t]
+            ids[f] = track.id
+            (x0, y0, _), (x1, y1, _) = _centre_and_size(track.box), _centre_and_size(boxes[f])
+            track.velocity = ((x1 - x0) / (track.missed + 1), (y1 - y0) / (track.missed + 1))
+            track.box = tuple(float(v) for v in boxes[f])
+            track.last_frame, track.last_time_s = frame, time_s
+            track.frames += 1
+            track.probability_sum = track.probability_sum + np.asarray(probabilities[f], dtype=np.float64)
+            track.missed = 0
+        for t, track in enumerate(self._live):
+            if t not in taken:
+                track.missed += 1
+        self._live = [track for track in self._live if track.missed <= self.max_gap]
+        for f, box in enumerate(boxes):
+            if ids[f] is None:
+                track = Track(
+                    id=len(self.tracks),
+                    first_frame=frame,
+                    first_time_s=time_s,
+                    last_frame=frame,
+                    last_time_s=time_s,
+                    box=tuple(float(v) for v in box),
+                    probability_sum=np.asarray(probabilities[f], dtype=np.float64).copy(),
+                )
+                self.tracks.append(track)
+                self._live.append(track)
+                ids[f] = track.id
+        return [i for i in ids if i is not None]
+
+
+def predict_frames(
+    predictor: Predictor,
+    frames: Iterable[Frame],
+    batch: int = 8,
+    max_faces: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> Iterator[tuple[Frame, ImagePrediction]]:
+    """Each frame with its faces' predictions, ``batch`` frames through the predictor at a time (one forward for
+    all their faces; on a GPU the detector batches them too)."""
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    chunk: list[Frame] = []
+
+    def run() -> Iterator[tuple[Frame, ImagePrediction]]:
+        predictions = predictor.predict([f.rgb for f in chunk], max_faces=max_faces, timings=timings)
+        return zip(list(chunk), predictions, strict=True)
+
+    for frame in frames:
+        chunk.append(frame)
+        if len(chunk) >= batch:
+            yield from run()
+            chunk.clear()
+    if chunk:
+        yield from run()
+
+
+def frames_to_sample(info: VideoInfo, fps: float | None) -> int | None:
+    """How many frames ``sample_frames`` yields with no ``max_frames``; None when the container does not say."""
+    if info.frames <= 0 or info.fps <= 0:
+        return None
+    if fps is None or fps >= info.fps:
+        return info.frames
+    return math.ceil(info.frames / (info.fps / fps) - 1e-9)

@@ -1,0 +1,273 @@
+"""Videos: frame sampling, face tracks, ``fmpn video`` and ``POST /v1/videos:predict`` on the real multi-face clip."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+from conftest import require_data
+from test_app_helpers import (
+    checkpoint_path,
+    error_of,
+    live_server,
+    metric_value,
+    one_torch_thread,  # noqa: F401  (autouse)
+)
+
+from cli.main import main
+from fmpn.video import (
+    FaceTracker,
+    VideoDecodeError,
+    container_format,
+    frames_to_sample,
+    probe_video,
+    sample_frames,
+)
+
+CLIP = ("photos", "clip-multiface.mp4")  # 1920x1080, 25 fps, 105 frames, people walking towards the camera
+
+
+def _clip():
+    return require_data(*CLIP)
+
+
+# -- tracks (synthetic boxes) -------------------------------------------------------------------
+
+
+def _box(cx: float, cy: float, size: float) -> tuple[float, float, float, float]:
+    return (cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2)
+
+
+def _p(k: int) -> np.ndarray:
+    p = np.full(7, 0.05)
+    p[k] = 0.7
+    return p
+
+
+def test_faces_keep_their_track_while_they_move() -> None:
+    tracker = FaceTracker()
+    ids = []
+    for step in range(6):  # one face walks 1.3 face sizes a frame (beyond the first step's reach without motion:
+        # 1.5), a second stands still; the list order swaps every frame, as MTCNN's largest-first order does
+        faces = [_box(100 + 130 * step, 300, 100), _box(900, 300, 60)]
+        probs = [_p(0), _p(3)]
+        if step % 2:
+            faces, probs = faces[::-1], probs[::-1]
+        got = tracker.update(step * 5, step * 0.2, faces, probs)
+        ids.append(got[::-1] if step % 2 else got)
+    assert ids == [[0, 1]] * 6
+    assert [t.frames for t in tracker.tracks] == [6, 6]
+    np.testing.assert_allclose(tracker.tracks[0].probabilities, _p(0))
+    assert (tracker.tracks[1].first_frame, tracker.tracks[1].last_frame) == (0, 25)
+
+
+def test_a_new_face_starts_a_track_and_a_gone_one_ends() -> None:
+    tracker = FaceTracker(max_gap=2)
+    assert tracker.update(0, 0.0, [_box(100, 100, 50)], [_p(0)]) == [0]
+    assert tracker.update(1, 0.2, [], []) == []
+    assert tracker.update(2, 0.4, [], []) == []
+    assert tracker.update(3, 0.6, [_box(100, 100, 50)], [_p(0)]) == [0]  # gone 2 frames: the same face
+    for frame in (4, 5, 6):
+        tracker.update(frame, frame * 0.2, [], [])
+    assert tracker.update(7, 1.4, [_box(100, 100, 50)], [_p(0)]) == [1]  # gone 3 > max_gap: a new track
+    assert tracker.update(8, 1.6, [_box(100, 100, 50), _box(400, 100, 50)], [_p(0), _p(1)]) == [1, 2]
+
+
+def test_a_face_of_another_size_or_far_away_is_another_face() -> None:
+    tracker = FaceTracker()
+    tracker.update(0, 0.0, [_box(100, 100, 50)], [_p(0)])
+    assert tracker.update(1, 0.2, [_box(100, 100, 90)], [_p(0)]) == [1]  # 1.8x the size
+    assert tracker.update(2, 0.4, [_box(100, 100, 90), _box(400, 400, 50)], [_p(0), _p(0)]) == [1, 2]
+
+
+def test_a_face_seen_last_frame_wins_over_one_gone_for_frames() -> None:
+    """The clip's case: a small face left three frames ago and its extrapolated position lands nearer a face than
+    the track that was there a frame ago; the recent track takes it."""
+    tracker = FaceTracker()
+    tracker.update(0, 0.0, [_box(500, 500, 90), _box(560, 440, 70)], [_p(0), _p(1)])
+    for frame in (1, 2, 3):
+        tracker.update(frame, frame * 0.2, [_box(500, 500 + 5 * frame, 90)], [_p(0)])
+    assert tracker.update(4, 0.8, [_box(530, 470, 90)], [_p(0)]) == [0]
+
+
+# -- frames -------------------------------------------------------------------------------------
+
+
+def test_frames_are_sampled_at_the_asked_rate() -> None:
+    clip = _clip()
+    info = probe_video(clip)
+    assert (info.width, info.height, info.fps, info.frames) == (1920, 1080, 25.0, 105)
+    frames = list(sample_frames(clip, fps=5))
+    assert [f.index for f in frames] == list(range(0, 105, 5))
+    assert [f.time_s for f in frames] == pytest.approx([i / 25 for i in range(0, 105, 5)])
+    assert frames[0].rgb.shape == (1080, 1920, 3) and frames[0].rgb.dtype == np.uint8
+    assert frames_to_sample(info, 5) == 21
+    # The fourth sampled frame is the video's 16th: decode it alone and compare (RGB, not BGR).
+    capture = cv2.VideoCapture(str(clip))
+    for _ in range(16):
+        ok, bgr = capture.read()
+    capture.release()
+    np.testing.assert_array_equal(frames[3].rgb, bgr[:, :, ::-1])
+    assert len(list(sample_frames(clip, fps=None))) == 105 == frames_to_sample(info, None)
+    assert len(list(sample_frames(clip, fps=60))) == 105  # faster than the video: every frame
+    assert [f.index for f in sample_frames(clip, fps=2, max_frames=3)] == [0, 13, 25]  # the first at or after each 12.5
+
+
+def test_videos_that_cannot_be_read_get_a_clear_reason(tmp_path) -> None:
+    clip = _clip()
+    data = clip.read_bytes()
+    cases = {
+        "photo.mp4": (require_data("photos", "group-multiface.jpg").read_bytes(), "unsupported_video"),
+        "notes.mp4": (b"these are not frames\n" * 10, "unsupported_video"),
+        # An HLS playlist naming a local file: FFmpeg would follow it; the container check refuses it unread.
+        "list.m3u8": (b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nfile:///etc/passwd\n#EXT-X-ENDLIST\n", None),
+        "half.mp4": (data[: len(data) // 2], "invalid_video"),  # the MP4 index (moov) is at the end
+    }
+    for name, (content, code) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        with pytest.raises(VideoDecodeError) as info:
+            probe_video(path)
+        assert info.value.code == (code or "unsupported_video"), name
+        assert "MP4" in info.value.message or "decoded" in info.value.message
+    with pytest.raises(VideoDecodeError, match="no such video file"):
+        probe_video(tmp_path / "missing.mp4")
+    with pytest.raises(VideoDecodeError, match="1920x1080 = 2073600 pixels; the limit is 2000000") as info:
+        next(sample_frames(clip, max_pixels=2_000_000))
+    assert info.value.code == "too_many_pixels"
+    with pytest.raises(ValueError, match="fps must be a positive number"):
+        next(sample_frames(clip, fps=0))
+    assert container_format(data[:12]) == "mp4"
+    assert container_format(b"\x1a\x45\xdf\xa3" + bytes(8)) == "matroska"
+    assert container_format(b"RIFF\x00\x00\x00\x00AVI ") == "avi"
+
+
+# -- fmpn video ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fast_env(monkeypatch):
+    monkeypatch.setenv("FMPN_WEIGHTS", str(checkpoint_path()))
+    monkeypatch.setenv("FMPN_DETECT_MAX_SIDE", "960")
+
+
+def test_fmpn_video_prints_frames_tracks_and_writes_the_overlay(fast_env, tmp_path, capsys) -> None:
+    clip = _clip()
+    overlay = tmp_path / "out" / "clip.mp4"
+    assert main(["video", str(clip), "--max-frames", "6", "--overlay", str(overlay), "--batch", "4"]) == 0
+    out = capsys.readouterr()
+    body = json.loads(out.out)
+    assert body["video"] == {"width": 1920, "height": 1080, "fps": 25.0, "frames": 105, "duration_s": 4.2}
+    assert body["sampled_fps"] == 5.0 and body["frames_analysed"] == 6 and body["frames_truncated"] is True
+    assert body["warnings"] == ["only the first 6 sampled frames were analysed (max_frames=6) of 21"]
+    assert [f["frame"] for f in body["frames"]] == [0, 5, 10, 15, 20, 25]
+    faces = [face for frame in body["frames"] for face in frame["faces"]]
+    assert len(faces) >= 18  # four or more people walk through every one of these frames
+    for frame in body["frames"]:
+        tracks = [face["track"] for face in frame["faces"]]
+        assert len(set(tracks)) == len(tracks)  # no two faces of one frame on one track
+        assert all(
+            face["mask"] is None and 0 <= face["box"]["x1"] < face["box"]["x2"] <= 1920 for face in frame["faces"]
+        )
+    # The same people throughout: the tracks that span all six frames hold most faces.
+    tracks = {t["id"]: t for t in body["tracks"]}
+    assert sum(t["frames"] for t in tracks.values()) == len(faces)
+    assert sum(t["frames"] == 6 for t in tracks.values()) >= 3
+    assert [t["frames"] for t in body["tracks"]] == sorted((t["frames"] for t in body["tracks"]), reverse=True)
+    for track in tracks.values():  # the averaged probabilities are the mean of the track's faces'
+        mine = [face["probabilities"] for face in faces if face["track"] == track["id"]]
+        for name, value in track["probabilities"].items():
+            assert value == pytest.approx(np.mean([p[name] for p in mine]), abs=1e-6)
+        assert track["label"] == max(track["probabilities"], key=track["probabilities"].get)
+        assert track["start_s"] == track["first_frame"] / 25 and track["end_s"] == track["last_frame"] / 25
+    assert "6 frames analysed" in out.err and f"{len(tracks)} tracks" in out.err
+    capture = cv2.VideoCapture(str(overlay))
+    assert capture.get(cv2.CAP_PROP_FRAME_COUNT) == 6 and capture.get(cv2.CAP_PROP_FPS) == 5.0
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (1280, 720)
+    capture.release()
+
+
+def test_fmpn_video_refuses_bad_input_in_one_line(fast_env, tmp_path, capsys) -> None:
+    clip = _clip()
+    photo = require_data("photos", "group-multiface.jpg")
+    for argv, message in [
+        (["video", str(photo)], "not a video file of a supported format (MP4/MOV, WebM/MKV or AVI)"),
+        (["video", str(tmp_path / "none.mp4")], "no such video file"),
+        (["video", str(clip), "--fps", "0"], "--fps must be above 0"),
+        (["video", str(clip), "--max-frames", "0"], "--max-frames must be at least 1"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+# -- POST /v1/videos:predict --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = live_server(max_video_bytes=3_000_000, max_video_frames=8, detect_max_side=960)
+    yield srv
+    srv.stop()
+
+
+def test_the_service_predicts_a_video_like_its_frames_as_photos(server) -> None:
+    clip = _clip()
+    with server.client() as client:
+        r = client.post(
+            "/v1/videos:predict",
+            params={"fps": 2.5, "max_frames": 4},
+            content=clip.read_bytes(),
+            headers={"content-type": "video/mp4"},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [f["frame"] for f in body["frames"]] == [0, 10, 20, 30] and body["frames_truncated"] is True
+        assert body["sampled_fps"] == 2.5 and body["model"]["name"] == "random-cpu"
+        assert body["tracks"] and {"decode", "queue", "detect", "model", "total"} <= set(body["timings_ms"])
+        # Frame 10 as a lossless PNG through the photo route: the same faces and probabilities.
+        frame = next(f for f in sample_frames(clip, fps=2.5) if f.index == 10)
+        ok, png = cv2.imencode(".png", frame.rgb[:, :, ::-1])
+        photo = client.post("/v1/predictions", params={"mask": "false"}, files={"image": ("f.png", png.tobytes())})
+        assert photo.status_code == 200, photo.text
+        video_faces = body["frames"][1]["faces"]
+        assert len(video_faces) == len(photo.json()["faces"]) >= 4
+        for a, b in zip(video_faces, photo.json()["faces"], strict=True):
+            assert a["box"] == pytest.approx(b["box"]) and a["label"] == b["label"]
+            assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+        # The cap on frames applies whatever is asked; multipart works too; masks on request.
+        r = client.post(
+            "/v1/videos:predict", params={"fps": 60, "mask": "true"}, files={"video": ("c.mp4", clip.read_bytes())}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [f["frame"] for f in body["frames"]] == list(range(8)) and body["sampled_fps"] is None
+        assert body["warnings"] == ["only the first 8 sampled frames were analysed (max_frames=8) of 105"]
+        assert body["frames"][0]["faces"][0]["mask"]["width"] == 64
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "fmpn_videos_total") == 2
+        assert metric_value(metrics, "fmpn_video_frames_total") == 12
+
+
+def test_the_service_refuses_bad_videos_with_the_reason_and_goes_on(server) -> None:
+    clip = _clip().read_bytes()
+    photo = require_data("photos", "group-multiface.jpg").read_bytes()
+    playlist = b"#EXTM3U\n#EXTINF:1,\nhttp://169.254.169.254/latest/meta-data/\n#EXT-X-ENDLIST\n"
+    cases = [
+        (photo, "video/mp4", {}, 415, "unsupported_video", "MP4/MOV, WebM/MKV or AVI"),
+        (playlist, "application/octet-stream", {}, 415, "unsupported_video", "MP4/MOV"),
+        (clip[: len(clip) // 2], "video/mp4", {}, 400, "invalid_video", "cannot be decoded"),
+        (b"", "video/mp4", {}, 400, "empty_body", "send a video file"),
+        (clip + bytes(700_000), "video/mp4", {}, 413, "payload_too_large", "limit of 3000000 bytes (max_video_bytes)"),
+        (b"{}", "application/json", {}, 415, "unsupported_media_type", "multipart/form-data"),
+        (clip, "video/mp4", {"fps": "0"}, 422, None, "fps"),
+    ]
+    with server.client() as client:
+        for content, ctype, params, status, code, text in cases:
+            r = client.post("/v1/videos:predict", params=params, content=content, headers={"content-type": ctype})
+            assert r.status_code == status, (code, r.text)
+            error = error_of(r)
+            assert (code is None or error["code"] == code) and text in error["message"], error
+        assert client.post("/v1/videos:predict", params={"max_frames": 1}, content=clip).status_code == 200
