@@ -62,6 +62,7 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image, width x height")
     max_faces: int = Field(20, ge=1, description="faces classified per image (the largest N)")
     max_batch_images: int = Field(16, ge=1, description="images per POST /v1/predictions:batch")
+    videos: bool = Field(True, description="accept POST /v1/videos:predict (FFmpeg decodes the uploads); false: 403")
     max_video_bytes: int = Field(100 * 1024 * 1024, ge=1, description="largest accepted video file, bytes")
     max_video_frames: int = Field(300, ge=1, description="most frames analysed per POST /v1/videos:predict")
     video_fps: float = Field(5.0, gt=0, le=120, description="frames analysed a second of video, by default")

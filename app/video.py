@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from app.errors import ApiError
 from app.schemas import ModelRef, VideoFrameResult, VideoMeta, VideoResponse, track_results, video_frame_result
 from fmpn.inference import ImagePrediction
 from fmpn.video import FaceTracker, Frame, VideoInfo, frames_to_sample
@@ -69,18 +69,15 @@ class VideoAnalysis:
 
 @contextmanager
 def in_memory_file(data: bytes) -> Iterator[str]:
-    """A path FFmpeg can open holding ``data``: an anonymous in-memory file on Linux (an upload never touches the
-    disk), elsewhere a temporary file, deleted afterwards."""
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("fmpn-video", os.MFD_CLOEXEC)
-        try:
-            with os.fdopen(os.dup(fd), "wb") as f:
-                f.write(data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    with tempfile.NamedTemporaryFile(suffix=".video") as f:  # pragma: no cover - not Linux
-        f.write(data)
-        f.flush()
-        yield f.name
+    """A path FFmpeg can open holding ``data``: an anonymous file in memory (Linux's memfd), so that an upload never
+    touches the disk; gone when closed."""
+    if not hasattr(os, "memfd_create"):  # the service's images are Linux; elsewhere use `fmpn video`
+        raise ApiError(501, "videos_unsupported", "video uploads need Linux (memfd_create); use fmpn video FILE")
+    fd = os.memfd_create("fmpn-video", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)

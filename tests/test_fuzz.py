@@ -38,6 +38,8 @@ from test_app_helpers import (  # noqa: E402
     photo_jpeg,
 )
 
+from app.upload import VIDEO_TYPES  # noqa: E402
+
 EXAMPLES = int(os.environ.get("FMPN_FUZZ_EXAMPLES", "100"))
 SEEN: dict[str, Counter] = defaultdict(Counter)  # "METHOD /path" -> status counts, for the summary below
 RAN: set[str] = set()  # the operations fuzzed in this run
@@ -59,6 +61,34 @@ _IMAGE_BYTES = st.one_of(
 )
 schemathesis.openapi.media_type("image/*", _IMAGE_BYTES)  # raw bodies, sent as image/png, image/jpeg, ...
 schemathesis.openapi.format("binary", _IMAGE_BYTES)  # multipart file parts: these reach the decoder and MTCNN
+
+
+def _tiny_video() -> bytes:
+    """Three 64x48 frames as an MP4 (no face: the frames run through the detector quickly)."""
+    import tempfile
+
+    import cv2
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "tiny.mp4")
+        writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (64, 48))
+        for value in (40, 120, 200):
+            writer.write(np.full((48, 64, 3), value, np.uint8))
+        writer.release()
+        with open(path, "rb") as f:
+            return f.read()
+
+
+_VIDEO = _tiny_video()
+# Video bytes: junk, a real tiny MP4, or one cut short (the container's header is there, its frames are not).
+_VIDEO_BYTES = st.one_of(
+    st.binary(max_size=256),
+    st.just(_VIDEO),
+    st.builds(lambda n: _VIDEO[: max(1, n)], st.integers(1, len(_VIDEO) - 1)),
+)
+# Raw video bodies, under each media type the video route lists.
+schemathesis.openapi.media_type("video/mp4", _VIDEO_BYTES, aliases=sorted(VIDEO_TYPES - {"video/mp4"}))
 
 
 @pytest.fixture(scope="module")

@@ -271,3 +271,15 @@ def test_the_service_refuses_bad_videos_with_the_reason_and_goes_on(server) -> N
             error = error_of(r)
             assert (code is None or error["code"] == code) and text in error["message"], error
         assert client.post("/v1/videos:predict", params={"max_frames": 1}, content=clip).status_code == 200
+
+
+def test_videos_can_be_turned_off() -> None:
+    clip = _clip().read_bytes()
+    server = live_server(videos=False, warmup=False)
+    try:
+        with server.client() as client:
+            r = client.post("/v1/videos:predict", content=clip, headers={"content-type": "video/mp4"})
+    finally:
+        server.stop()
+    assert r.status_code == 403 and error_of(r)["code"] == "videos_disabled"
+    assert "FMPN_VIDEOS=false" in error_of(r)["message"]

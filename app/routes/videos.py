@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Request
 
+from app.errors import ApiError
 from app.routes.predictions import MAX_FACES_QUERY
 from app.schemas import ErrorResponse, VideoResponse
 from app.upload import VIDEO_TYPES, read_video
@@ -15,11 +16,13 @@ _ERRORS = {
     for status, text in {
         400: "empty body, or a video that cannot be decoded (corrupt, truncated, unknown codec)",
         401: "missing or wrong API key (when one is configured)",
+        403: "video uploads are turned off (FMPN_VIDEOS=false)",
         413: "body over max_video_bytes, or frames over max_pixels",
         415: "unsupported content type or container (MP4/MOV, WebM/MKV, AVI)",
         422: "invalid parameters",
         429: "rate limit exceeded (Retry-After)",
         500: "inference failed on a frame (the error is logged; the service goes on)",
+        501: "video uploads need Linux (an in-memory file for FFmpeg)",
         503: "not ready, or the queue stayed full (Retry-After)",
     }.items()
 }
@@ -65,6 +68,8 @@ async def predict_video(
 ) -> VideoResponse:
     service = request.app.state.service
     settings = request.app.state.settings
+    if not settings.videos:
+        raise ApiError(403, "videos_disabled", "video uploads are turned off on this service (FMPN_VIDEOS=false)")
     service.require_ready()
     data = await read_video(request, settings.max_video_bytes)
     return await service.predict_video(
