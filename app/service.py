@@ -39,6 +39,7 @@ log = logging.getLogger("app")
 
 # How long a video's frames wait for room in a full inference queue before the video is refused (503).
 VIDEO_QUEUE_WAIT_S = 30.0
+VIDEO_CHUNK_BYTES = 128 * 1024 * 1024
 
 
 def build_predictor(s: Settings) -> Predictor:
@@ -267,24 +268,30 @@ class Service:
                 self.metrics.rejected.labels(exc.code).inc()
                 raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
             analysis = VideoAnalysis(info, self.model_info, fps, frames_cap, include_mask)
+            # A batch of frames at a time, but never more than VIDEO_CHUNK_BYTES of decoded pixels (4K frames are 25 MB)
+            per_chunk = max(1, min(self.settings.max_batch, VIDEO_CHUNK_BYTES // (3 * info.width * info.height)))
             frames = sample_frames(path, fps, frames_cap, self.settings.max_pixels)
             try:
                 while True:
                     t1 = time.perf_counter()
                     try:
-                        chunk = await anyio.to_thread.run_sync(
-                            lambda: list(itertools.islice(frames, self.settings.max_batch))
-                        )
+                        chunk = await anyio.to_thread.run_sync(lambda: list(itertools.islice(frames, per_chunk)))
                     except VideoDecodeError as exc:
                         self.metrics.rejected.labels(exc.code).inc()
                         raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
                     timings["decode"] += time.perf_counter() - t1
                     if not chunk:
                         break
-                    for frame, (prediction, meta) in zip(chunk, await self._submit_frames(chunk, limit), strict=True):
+                    results = await self._submit_frames(chunk, limit)
+                    for frame, (prediction, _) in zip(chunk, results, strict=True):
                         analysis.add(frame, prediction)
-                        for key in ("queue", "detect", "model"):
-                            timings[key] += meta.get(key, 0.0)
+                    # A batch's stage times are shared by its images: each frame counts its share. The frames of a
+                    # chunk wait in the queue together: the chunk counts its longest wait.
+                    timings["queue"] += max(meta["queue"] for _, meta in results)
+                    for key in ("detect", "model"):
+                        timings[key] += sum(
+                            meta.get(key, 0.0) / max(1, meta.get("batch_size", 1)) for _, meta in results
+                        )
             finally:
                 await anyio.to_thread.run_sync(frames.close)
         self.metrics.videos.inc()

@@ -227,6 +227,8 @@ def test_the_service_predicts_a_video_like_its_frames_as_photos(server) -> None:
         assert [f["frame"] for f in body["frames"]] == [0, 10, 20, 30] and body["frames_truncated"] is True
         assert body["sampled_fps"] == 2.5 and body["model"]["name"] == "random-cpu"
         assert body["tracks"] and {"decode", "queue", "detect", "model", "total"} <= set(body["timings_ms"])
+        timings = body["timings_ms"]
+        assert 0 < timings["detect"] + timings["model"] < timings["total"]  # each frame counts its share of a batch
         # Frame 10 as a lossless PNG through the photo route: the same faces and probabilities.
         frame = next(f for f in sample_frames(clip, fps=2.5) if f.index == 10)
         ok, png = cv2.imencode(".png", frame.rgb[:, :, ::-1])
