@@ -11,6 +11,7 @@ import itertools
 import logging
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio.to_thread
@@ -20,7 +21,7 @@ from app.batching import Batcher, QueueFull
 from app.errors import DECODE_STATUS, ApiError
 from app.metrics import Metrics
 from app.render import encode_png, render_overlay
-from app.schemas import PredictionResponse, VideoResponse, prediction_response
+from app.schemas import PredictionResponse, VideoFrameResult, prediction_response
 from app.settings import Settings
 from app.store import ResultStore, StoredResult
 from app.video import VideoAnalysis, in_memory_file
@@ -250,28 +251,38 @@ class Service:
         self.store.put(result_id, stored)
         return response
 
-    async def predict_video(
-        self, data: bytes, *, fps: float | None, max_frames: int | None, include_mask: bool, max_faces: int | None
-    ) -> VideoResponse:
-        """One uploaded video -> every sampled frame's faces and each face's track. Its frames queue in the batcher
-        beside other requests' images, a batch at a time, so a video slows the service down but does not stop it."""
+    async def video_frames(
+        self,
+        data: bytes,
+        *,
+        fps: float | None,
+        max_frames: int | None,
+        include_mask: bool,
+        max_faces: int | None,
+        keep_frames: bool = True,
+    ) -> AsyncIterator[VideoAnalysis | VideoFrameResult]:
+        """One uploaded video: first its ``VideoAnalysis`` (once the video opened; a bad video raises ApiError
+        before), then each sampled frame's result as it is predicted; the analysis then holds the tracks.
+        Its frames queue in the batcher beside other requests' images, a chunk at a time, so a video slows the
+        service down but does not hold it."""
         self.require_ready()
-        t0 = time.perf_counter()
         cap = self.settings.max_video_frames
         frames_cap = cap if max_frames is None else min(max_frames, cap)
         limit = self.settings.max_faces if max_faces is None else min(max_faces, self.settings.max_faces)
-        timings = {"decode": 0.0, "queue": 0.0, "detect": 0.0, "model": 0.0}
         with in_memory_file(data) as path:
             try:
                 info = await anyio.to_thread.run_sync(probe_video, path)
             except VideoDecodeError as exc:
                 self.metrics.rejected.labels(exc.code).inc()
                 raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
-            analysis = VideoAnalysis(info, self.model_info, fps, frames_cap, include_mask)
+            analysis = VideoAnalysis(info, self.model_info, fps, frames_cap, include_mask, keep_frames)
+            timings = analysis.timings
+            timings.update(decode=0.0, queue=0.0, detect=0.0, model=0.0)
             # A batch of frames at a time, but never more than VIDEO_CHUNK_BYTES of decoded pixels (4K frames are 25 MB)
             per_chunk = max(1, min(self.settings.max_batch, VIDEO_CHUNK_BYTES // (3 * info.width * info.height)))
             frames = sample_frames(path, fps, frames_cap, self.settings.max_pixels)
             try:
+                first = True
                 while True:
                     t1 = time.perf_counter()
                     try:
@@ -280,11 +291,12 @@ class Service:
                         self.metrics.rejected.labels(exc.code).inc()
                         raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
                     timings["decode"] += time.perf_counter() - t1
+                    if first:  # the first frames decoded: the video is good (limits checked, frames readable)
+                        yield analysis
+                        first = False
                     if not chunk:
                         break
                     results = await self._submit_frames(chunk, limit)
-                    for frame, (prediction, _) in zip(chunk, results, strict=True):
-                        analysis.add(frame, prediction)
                     # A batch's stage times are shared by its images: each frame counts its share. The frames of a
                     # chunk wait in the queue together: the chunk counts its longest wait.
                     timings["queue"] += max(meta["queue"] for _, meta in results)
@@ -292,13 +304,12 @@ class Service:
                         timings[key] += sum(
                             meta.get(key, 0.0) / max(1, meta.get("batch_size", 1)) for _, meta in results
                         )
+                    self.metrics.video_frames.inc(len(chunk))
+                    for frame, (prediction, _) in zip(chunk, results, strict=True):
+                        yield await anyio.to_thread.run_sync(analysis.add, frame, prediction)
             finally:
                 await anyio.to_thread.run_sync(frames.close)
         self.metrics.videos.inc()
-        self.metrics.video_frames.inc(len(analysis.frames))
-        timings_ms = {k: v * 1000 for k, v in timings.items()}
-        timings_ms["total"] = (time.perf_counter() - t0) * 1000
-        return await anyio.to_thread.run_sync(analysis.response, timings_ms)
 
     async def _submit_frames(self, chunk: list[Frame], limit: int) -> list[tuple[ImagePrediction, dict[str, float]]]:
         """Queue a chunk of frames once there is room for all of them (a video already accepted is not dropped for

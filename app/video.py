@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from pydantic import BaseModel
 
 from app.errors import ApiError
 from app.schemas import ModelRef, VideoFrameResult, VideoMeta, VideoResponse, track_results, video_frame_result
@@ -14,29 +18,57 @@ from fmpn.video import FaceTracker, Frame, VideoInfo, frames_to_sample
 
 
 class VideoAnalysis:
+    """Frames in, the response out: the whole JSON (``response``), or its head, frames and summary one by one for
+    a stream of JSON lines (``head``, ``add``, ``summary``). ``keep_frames`` False: a stream keeps no frame."""
+
     def __init__(
-        self, info: VideoInfo, model: dict[str, Any], fps: float | None, max_frames: int | None, include_mask: bool
+        self,
+        info: VideoInfo,
+        model: dict[str, Any],
+        fps: float | None,
+        max_frames: int | None,
+        include_mask: bool,
+        keep_frames: bool = True,
     ) -> None:
         self.info = info
         self.model = model
         self.fps = fps
         self.max_frames = max_frames
         self.include_mask = include_mask
+        self.keep_frames = keep_frames
         self.tracker = FaceTracker()
         self.frames: list[VideoFrameResult] = []
+        self.analysed = 0
+        self.timings: dict[str, float] = {}  # seconds, by stage
+        self.started = time.perf_counter()
 
-    def add(self, frame: Frame, prediction: ImagePrediction) -> list[int]:
-        """Follow the frame's faces on from the frames before; the track id of each."""
+    def add(self, frame: Frame, prediction: ImagePrediction) -> VideoFrameResult:
+        """The frame's result, its faces followed on from the frames before (each with its track id)."""
         faces = prediction.faces
         ids = self.tracker.update(frame.index, frame.time_s, [f.box for f in faces], [f.probabilities for f in faces])
-        self.frames.append(
-            video_frame_result(frame, prediction, ids, self.model["classes"], include_mask=self.include_mask)
-        )
-        return ids
+        result = video_frame_result(frame, prediction, ids, self.model["classes"], include_mask=self.include_mask)
+        self.analysed += 1
+        if self.keep_frames:
+            self.frames.append(result)
+        return result
 
-    def response(self, timings_ms: dict[str, float] | None = None) -> VideoResponse:
+    def head(self) -> dict[str, Any]:
+        info = self.info
+        return {
+            "video": VideoMeta(
+                width=info.width,
+                height=info.height,
+                fps=round(info.fps, 4),
+                frames=info.frames,
+                duration_s=round(info.duration_s, 4),
+            ),
+            "model": ModelRef(name=self.model["name"], profile=self.model["profile"], version=self.model["version"]),
+            "sampled_fps": None if self.fps is None or (info.fps > 0 and self.fps >= info.fps) else self.fps,
+        }
+
+    def summary(self) -> dict[str, Any]:
         expected = frames_to_sample(self.info, self.fps)
-        analysed = len(self.frames)
+        analysed = self.analysed
         cut = self.max_frames is not None and analysed >= self.max_frames
         truncated = cut and (expected is None or expected > analysed)
         warnings = []
@@ -47,24 +79,27 @@ class VideoAnalysis:
             )
         if analysed == 0:
             warnings.append("the video has no frame that could be decoded")
-        info = self.info
-        return VideoResponse(
-            video=VideoMeta(
-                width=info.width,
-                height=info.height,
-                fps=round(info.fps, 4),
-                frames=info.frames,
-                duration_s=round(info.duration_s, 4),
-            ),
-            model=ModelRef(name=self.model["name"], profile=self.model["profile"], version=self.model["version"]),
-            sampled_fps=None if self.fps is None or (info.fps > 0 and self.fps >= info.fps) else self.fps,
-            frames_analysed=analysed,
-            frames_truncated=truncated,
-            frames=self.frames,
-            tracks=track_results(self.tracker.tracks, self.model["classes"]),
-            warnings=warnings,
-            timings_ms={k: round(v, 2) for k, v in (timings_ms or {}).items()},
-        )
+        timings = {k: round(v * 1000, 2) for k, v in self.timings.items()}
+        timings["total"] = round((time.perf_counter() - self.started) * 1000, 2)
+        return {
+            "frames_analysed": analysed,
+            "frames_truncated": truncated,
+            "tracks": track_results(self.tracker.tracks, self.model["classes"]),
+            "warnings": warnings,
+            "timings_ms": timings,
+        }
+
+    def response(self) -> VideoResponse:
+        return VideoResponse(**self.head(), frames=self.frames, **self.summary())
+
+
+def json_line(kind: str, fields: dict[str, Any] | BaseModel) -> bytes:
+    """One line of a video's JSON-lines stream: ``{"type": kind, ...fields}``."""
+    data = fields.model_dump(mode="json") if isinstance(fields, BaseModel) else fields
+    body = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in data.items()}
+    if "tracks" in body:
+        body["tracks"] = [t.model_dump(mode="json") if isinstance(t, BaseModel) else t for t in body["tracks"]]
+    return (json.dumps({"type": kind, **body}, separators=(",", ":")) + "\n").encode()
 
 
 @contextmanager

@@ -31,14 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--overlay", metavar="OUT.mp4", help="write the analysed frames with boxes, track ids and masks as an MP4"
     )
     video.add_argument("--overlay-max-side", type=int, default=1280, help="overlay frame size cap (default 1280)")
-    video.add_argument("--indent", type=int, default=2, help="JSON indent (0: one line)")
+    video.add_argument(
+        "--jsonl",
+        action="store_true",
+        help="print JSON lines as the frames are analysed (the service's application/x-ndjson stream) instead of "
+        "one JSON document at the end",
+    )
+    video.add_argument("--indent", type=int, default=2, help="JSON indent (0: one line; not with --jsonl)")
     video.set_defaults(func=run_video)
 
 
 def run_video(args: argparse.Namespace) -> int:
     from app.render import render_overlay
     from app.service import build_predictor
-    from app.video import VideoAnalysis
+    from app.video import VideoAnalysis, json_line
     from fmpn.video import predict_frames, probe_video, sample_frames
 
     settings = _settings(args, compile="off")
@@ -52,14 +58,21 @@ def run_video(args: argparse.Namespace) -> int:
     path = Path(args.video)
     info = probe_video(path)  # a clear error before the model loads
     predictor = build_predictor(settings)
-    analysis = VideoAnalysis(info, predictor.info(), fps, args.max_frames, include_mask=args.mask)
+    analysis = VideoAnalysis(info, predictor.info(), fps, args.max_frames, args.mask, keep_frames=not args.jsonl)
+    out = sys.stdout.buffer
+    if args.jsonl:
+        out.write(json_line("video", analysis.head()))
     writer = None
-    timings: dict[str, float] = {}
+    timings = analysis.timings
     t0 = time.perf_counter()
     frames = sample_frames(path, fps, args.max_frames, settings.max_pixels)
     try:
         for frame, prediction in predict_frames(predictor, frames, args.batch, args.max_faces, timings):
-            ids = analysis.add(frame, prediction)
+            result = analysis.add(frame, prediction)
+            if args.jsonl:
+                out.write(json_line("frame", result))
+                out.flush()
+            ids = [face.track for face in result.faces]
             if args.overlay:
                 shown = render_overlay(
                     frame.rgb,
@@ -75,14 +88,19 @@ def run_video(args: argparse.Namespace) -> int:
         if writer is not None:
             writer.release()
     seconds = time.perf_counter() - t0
-    timings_ms = {k: v * 1000 for k, v in timings.items() if k != "faces"}
-    timings_ms["total"] = seconds * 1000
-    response = analysis.response(timings_ms)
-    print(response.model_dump_json(indent=args.indent or None))
-    n = response.frames_analysed
+    faces = int(timings.pop("faces", 0))
+    if args.jsonl:
+        summary = analysis.summary()
+        out.write(json_line("summary", summary))
+        tracks = len(summary["tracks"])
+    else:
+        response = analysis.response()
+        print(response.model_dump_json(indent=args.indent or None))
+        tracks = len(response.tracks)
+    n = analysis.analysed
     print(
         f"fmpn video: {path}: {n} frames analysed in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} frames/s), "
-        f"{sum(len(f.faces) for f in response.frames)} faces, {len(response.tracks)} tracks"
+        f"{faces} faces, {tracks} tracks"
         + (f", overlay {args.overlay}" if args.overlay and writer is not None else ""),
         file=sys.stderr,
     )

@@ -189,6 +189,17 @@ def test_fmpn_video_prints_frames_tracks_and_writes_the_overlay(fast_env, tmp_pa
     capture.release()
 
 
+def test_fmpn_video_jsonl_streams_the_same_answer(fast_env, capsys) -> None:
+    clip = str(_clip())
+    assert main(["video", clip, "--max-frames", "3", "--fps", "2", "--indent", "0"]) == 0
+    whole = json.loads(capsys.readouterr().out)
+    assert main(["video", clip, "--max-frames", "3", "--fps", "2", "--jsonl"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["type"] for line in lines] == ["video", "frame", "frame", "frame", "summary"]
+    assert [{k: v for k, v in f.items() if k != "type"} for f in lines[1:-1]] == whole["frames"]
+    assert lines[-1]["tracks"] == whole["tracks"] and lines[0]["video"] == whole["video"]
+
+
 def test_fmpn_video_refuses_bad_input_in_one_line(fast_env, tmp_path, capsys) -> None:
     clip = _clip()
     photo = require_data("photos", "group-multiface.jpg")
@@ -251,6 +262,28 @@ def test_the_service_predicts_a_video_like_its_frames_as_photos(server) -> None:
         metrics = client.get("/metrics").text
         assert metric_value(metrics, "fmpn_videos_total") == 2
         assert metric_value(metrics, "fmpn_video_frames_total") == 12
+
+
+def test_the_service_streams_json_lines_while_it_analyses(server) -> None:
+    clip = _clip().read_bytes()
+    params = {"fps": 5, "max_frames": 5}
+    with server.client() as client:
+        whole = client.post("/v1/videos:predict", params=params, content=clip).json()
+        headers = {"accept": "application/x-ndjson", "content-type": "video/mp4"}
+        with client.stream("POST", "/v1/videos:predict", params=params, content=clip, headers=headers) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
+            lines = [json.loads(line) for line in r.iter_lines() if line]
+        bad = client.post("/v1/videos:predict", content=b"not a video", headers=headers)
+    assert [line["type"] for line in lines] == ["video"] + ["frame"] * 5 + ["summary"]
+    head, frames, summary = lines[0], lines[1:-1], lines[-1]
+    assert {k: head[k] for k in ("video", "model", "sampled_fps")} == {
+        k: whole[k] for k in ("video", "model", "sampled_fps")
+    }
+    assert [{k: v for k, v in f.items() if k != "type"} for f in frames] == whole["frames"]
+    assert summary["tracks"] == whole["tracks"] and summary["frames_truncated"] is True
+    assert summary["warnings"] == whole["warnings"] and summary["frames_analysed"] == 5
+    # A video that cannot be read is an error status before any line, as without streaming.
+    assert bad.status_code == 415 and error_of(bad)["code"] == "unsupported_video"
 
 
 def test_the_service_refuses_bad_videos_with_the_reason_and_goes_on(server) -> None:

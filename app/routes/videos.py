@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.errors import ApiError
 from app.routes.predictions import MAX_FACES_QUERY
 from app.schemas import ErrorResponse, VideoResponse
 from app.upload import VIDEO_TYPES, read_video
+from app.video import json_line
+
+NDJSON = "application/x-ndjson"
 
 router = APIRouter(tags=["videos"])
 
@@ -52,9 +58,15 @@ _VIDEO_BODY = {
         "a second (default `video_fps`), at most `max_frames` of them (capped by `max_video_frames`), and go "
         "through the same pipeline as photos. Each face carries a `track` id, the same in every frame the same "
         "face is in; `tracks` gives each face's probabilities averaged over its frames. Nothing is stored: the "
-        "video is held in memory while it is analysed."
+        "video is held in memory while it is analysed. With `Accept: application/x-ndjson` the answer streams as "
+        'JSON lines while the frames are analysed: `{"type": "video", ...}` (the `video`, `model` and '
+        '`sampled_fps` fields), one `{"type": "frame", ...}` per frame, then `{"type": "summary", ...}` (the '
+        'remaining fields), or `{"type": "error", "error": {...}}` as the last line if the analysis fails midway.'
     ),
-    responses=_ERRORS,
+    responses={
+        200: {"content": {NDJSON: {"schema": {"type": "string", "description": "JSON lines, one object a line"}}}},
+        **_ERRORS,
+    },
     openapi_extra={"requestBody": _VIDEO_BODY},
 )
 async def predict_video(
@@ -65,17 +77,41 @@ async def predict_video(
     ),
     mask: bool = Query(False, description="include each face's motion mask as base64 PNG (large for a video)"),
     max_faces: int | None = MAX_FACES_QUERY,
-) -> VideoResponse:
+) -> Response:
     service = request.app.state.service
     settings = request.app.state.settings
     if not settings.videos:
         raise ApiError(403, "videos_disabled", "video uploads are turned off on this service (FMPN_VIDEOS=false)")
     service.require_ready()
     data = await read_video(request, settings.max_video_bytes)
-    return await service.predict_video(
+    stream = NDJSON in request.headers.get("accept", "")
+    events = service.video_frames(
         data,
         fps=settings.video_fps if fps is None else fps,
         max_frames=max_frames,
         include_mask=mask,
         max_faces=max_faces,
+        keep_frames=not stream,
     )
+    try:
+        analysis = await anext(events)  # a video that cannot be read is an error status, before any line
+    except BaseException:
+        await events.aclose()
+        raise
+    if not stream:
+        async for _ in events:
+            pass
+        return JSONResponse(analysis.response().model_dump(mode="json"))
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            yield json_line("video", analysis.head())
+            async for frame in events:
+                yield json_line("frame", frame)
+            yield json_line("summary", analysis.summary())
+        except ApiError as exc:  # the status is sent: the stream ends with the error as its last line
+            yield json_line("error", {"error": {"code": exc.code, "message": exc.message}})
+        finally:
+            await events.aclose()
+
+    return StreamingResponse(lines(), media_type=NDJSON)
