@@ -1,6 +1,7 @@
 """The demo page in headless Chromium (Debian's chromium, driven by Playwright) against a real
 uvicorn server on 127.0.0.1: upload a real photo, wait for the bars and the overlay, keep a screenshot
-(runs/screenshots/demo-page.png, not committed: it shows third-party photos)."""
+(runs/screenshots/demo-page.png, not committed: it shows third-party photos); then a video, streamed: the
+face tracks' cards and their boxes over the clip (runs/screenshots/demo-video.png)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,49 @@ def test_demo_page_shows_bars_and_overlay(browser) -> None:
         page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "image/png", "buffer": b"not a png"}])
         page.wait_for_selector("#status.error", timeout=60_000)
         assert "not_an_image" in page.inner_text("#status")
+        page.close()
+    finally:
+        srv.stop()
+
+
+def test_demo_page_streams_a_video_and_lists_its_faces(browser) -> None:
+    clip = require_data("photos", "clip-multiface.mp4")
+    srv = live_server(detect_max_side=960, max_video_frames=8)
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(srv.url + "/")
+        page.set_input_files("#file", str(clip))
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('frames analysed')", timeout=120_000
+        )
+        status = page.inner_text("#status")
+        assert "8 frames analysed" in status and "max_frames=8" in status, status
+        cards = page.locator("#faces .face")
+        assert cards.count() >= 4  # the people walking through the first 8 frames, one card each
+        titles = cards.locator("h2").all_inner_texts()
+        assert all(t.startswith("Face ") and "averaged" in t for t in titles), titles
+        assert all("analysed frame" in w for w in cards.locator(".when").all_inner_texts())
+        widths = [
+            float(w.rstrip("%")) for w in cards.first.locator(".bar").evaluate_all("els => els.map(e => e.style.width)")
+        ]
+        assert len(widths) == 7 and abs(sum(widths) - 100) < 1.0
+        assert page.locator("#overlay").is_hidden() and page.locator("#video-box").is_visible()
+        # The boxes of the frame at 0.5 s (frame 10 of the clip) drawn over the video, whatever the browser can play.
+        drawn = page.evaluate("() => window.fmpnDrawAt(0.5)")
+        assert drawn >= 4
+        painted = page.evaluate(
+            "() => { const c = document.getElementById('boxes');"
+            " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }"
+        )
+        assert painted > 1000
+        shot = SCREENSHOT.with_name("demo-video.png")
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000
+        # A photo after the video: back to the overlay view.
+        page.set_input_files("#file", str(require_data("photos", f"{GROUP}.jpg")))
+        page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0", timeout=120_000)
+        assert page.locator("#video-box").is_hidden() and page.locator("#overlay").is_visible()
         page.close()
     finally:
         srv.stop()
