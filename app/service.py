@@ -17,7 +17,7 @@ from typing import Any
 import anyio.to_thread
 import torch
 
-from app.batching import Batcher, QueueFull
+from app.batching import BACKGROUND_PER_BATCH, Batcher, QueueFull
 from app.errors import DECODE_STATUS, ApiError
 from app.metrics import Metrics
 from app.render import encode_png, render_overlay
@@ -278,8 +278,9 @@ class Service:
             analysis = VideoAnalysis(info, self.model_info, fps, frames_cap, include_mask, keep_frames)
             timings = analysis.timings
             timings.update(decode=0.0, queue=0.0, detect=0.0, model=0.0)
-            # A batch of frames at a time, but never more than VIDEO_CHUNK_BYTES of decoded pixels (4K frames are 25 MB)
-            per_chunk = max(1, min(self.settings.max_batch, VIDEO_CHUNK_BYTES // (3 * info.width * info.height)))
+            # As many frames as a batch takes (app/batching.py), fewer when frames are huge: decoded pixels in flight
+            # stay under VIDEO_CHUNK_BYTES
+            per_chunk = max(1, min(BACKGROUND_PER_BATCH, VIDEO_CHUNK_BYTES // (3 * info.width * info.height)))
             frames = sample_frames(path, fps, frames_cap, self.settings.max_pixels)
             try:
                 first = True
@@ -329,7 +330,9 @@ class Service:
             await asyncio.sleep(0.05)
         try:
             return list(
-                await asyncio.gather(*(self.batcher.submit(f.rgb, max_faces=limit, detect=True) for f in chunk))
+                await asyncio.gather(
+                    *(self.batcher.submit(f.rgb, background=True, max_faces=limit, detect=True) for f in chunk)
+                )
             )
         except QueueFull as exc:  # another request took the room first
             self.metrics.rejected.labels("queue_full").inc()

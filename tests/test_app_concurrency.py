@@ -195,3 +195,27 @@ def test_the_model_loads_warms_up_and_runs_on_the_one_inference_thread(monkeypat
         server.stop()
     assert [stage for stage, _ in calls] == ["__init__", "warmup", "predict", "predict"]
     assert {thread for _, thread in calls} == {calls[0][1]} and calls[0][1].startswith("fmpn-infer")
+
+
+def test_video_frames_wait_behind_photos_yet_move_on() -> None:
+    """The batcher's scheduling alone (a recording batch function): photos first, at most one video frame a batch,
+    and one even when photos would fill it."""
+    from app.batching import Batcher
+
+    batches: list[list[str]] = []
+
+    def run(images: list[str], options: list[dict]) -> tuple[list[str], dict]:
+        batches.append(list(images))
+        return images, {}
+
+    async def main() -> list[str]:
+        batcher = Batcher(run, max_batch=4, max_wait_s=0.0, queue_size=64)
+        await batcher.start()
+        frames = [asyncio.create_task(batcher.submit(f"f{i}", background=True)) for i in range(3)]
+        photos = [asyncio.create_task(batcher.submit(f"p{i}")) for i in range(6)]
+        done = await asyncio.gather(*frames, *photos)
+        await batcher.stop()
+        return [result for result, _ in done]
+
+    assert asyncio.run(main()) == ["f0", "f1", "f2", "p0", "p1", "p2", "p3", "p4", "p5"]
+    assert batches == [["p0", "p1", "p2", "f0"], ["p3", "p4", "p5", "f1"], ["f2"]]
