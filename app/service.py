@@ -40,7 +40,6 @@ log = logging.getLogger("app")
 
 # How long a video's frames wait for room in a full inference queue before the video is refused (503).
 VIDEO_QUEUE_WAIT_S = 30.0
-VIDEO_CHUNK_BYTES = 128 * 1024 * 1024
 
 
 def build_predictor(s: Settings) -> Predictor:
@@ -263,8 +262,8 @@ class Service:
     ) -> AsyncIterator[VideoAnalysis | VideoFrameResult]:
         """One uploaded video: first its ``VideoAnalysis`` (once the video opened; a bad video raises ApiError
         before), then each sampled frame's result as it is predicted; the analysis then holds the tracks.
-        Its frames queue in the batcher beside other requests' images, a chunk at a time, so a video slows the
-        service down but does not hold it."""
+        Its frames go to the batcher as many at a time as a batch takes of them (one), behind the photos waiting
+        (``app/batching.py``): a video slows the service down but does not hold it."""
         self.require_ready()
         cap = self.settings.max_video_frames
         frames_cap = cap if max_frames is None else min(max_frames, cap)
@@ -278,16 +277,15 @@ class Service:
             analysis = VideoAnalysis(info, self.model_info, fps, frames_cap, include_mask, keep_frames)
             timings = analysis.timings
             timings.update(decode=0.0, queue=0.0, detect=0.0, model=0.0)
-            # As many frames as a batch takes (app/batching.py), fewer when frames are huge: decoded pixels in flight
-            # stay under VIDEO_CHUNK_BYTES
-            per_chunk = max(1, min(BACKGROUND_PER_BATCH, VIDEO_CHUNK_BYTES // (3 * info.width * info.height)))
             frames = sample_frames(path, fps, frames_cap, self.settings.max_pixels)
             try:
                 first = True
                 while True:
                     t1 = time.perf_counter()
                     try:
-                        chunk = await anyio.to_thread.run_sync(lambda: list(itertools.islice(frames, per_chunk)))
+                        chunk = await anyio.to_thread.run_sync(
+                            lambda: list(itertools.islice(frames, BACKGROUND_PER_BATCH))
+                        )
                     except VideoDecodeError as exc:
                         self.metrics.rejected.labels(exc.code).inc()
                         raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None

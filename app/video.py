@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
 
 from app.errors import ApiError
 from app.schemas import ModelRef, VideoFrameResult, VideoMeta, VideoResponse, track_results, video_frame_result
@@ -95,11 +96,7 @@ class VideoAnalysis:
 
 def json_line(kind: str, fields: dict[str, Any] | BaseModel) -> bytes:
     """One line of a video's JSON-lines stream: ``{"type": kind, ...fields}``."""
-    data = fields.model_dump(mode="json") if isinstance(fields, BaseModel) else fields
-    body = {k: v.model_dump(mode="json") if isinstance(v, BaseModel) else v for k, v in data.items()}
-    if "tracks" in body:
-        body["tracks"] = [t.model_dump(mode="json") if isinstance(t, BaseModel) else t for t in body["tracks"]]
-    return (json.dumps({"type": kind, **body}, separators=(",", ":")) + "\n").encode()
+    return (json.dumps({"type": kind, **to_jsonable_python(fields)}, separators=(",", ":")) + "\n").encode()
 
 
 @contextmanager

@@ -56,7 +56,7 @@ _MP4_BOXES = (b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip")
 
 
 def container_format(head: bytes) -> str | None:
-    """ "mp4", "matroska" or "avi" from a file's first 12 bytes; None for anything else."""
+    """The container of a file from its first 12 bytes: "mp4", "matroska" or "avi"; None for anything else."""
     if len(head) >= 8 and head[4:8] in _MP4_BOXES:
         return "mp4"
     if head[:4] == b"\x1a\x45\xdf\xa3":
