@@ -30,6 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     video.add_argument(
         "--overlay", metavar="OUT.mp4", help="write the analysed frames with boxes, track ids and masks as an MP4"
     )
+    video.add_argument(
+        "--csv",
+        metavar="OUT.csv",
+        help="also write one row a face a frame: frame, time, track, box, score, label and every class's probability",
+    )
     video.add_argument("--overlay-max-side", type=int, default=1280, help="overlay frame size cap (default 1280)")
     video.add_argument(
         "--jsonl",
@@ -42,10 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_video(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from app.render import render_overlay
     from app.service import build_predictor
     from app.video import VideoAnalysis, json_line
-    from fmpn.video import predict_frames, probe_video, sample_frames
+    from fmpn.video import frames_to_sample, predict_frames, probe_video, sample_frames
 
     settings = _settings(args, compile="off")
     fps = None if args.all_frames else (settings.video_fps if args.fps is None else args.fps)
@@ -66,9 +73,17 @@ def run_video(args: argparse.Namespace) -> int:
     timings = analysis.timings
     t0 = time.perf_counter()
     frames = sample_frames(path, fps, args.max_frames, settings.max_pixels)
+    expected = frames_to_sample(info, fps)
+    total = min(filter(None, (expected, args.max_frames)), default=None)
+    table = FaceTable(args.csv, predictor.classes) if args.csv else None
+    # A progress bar on a terminal only (tqdm's disable=None), on stderr: stdout carries the JSON.
+    progress = tqdm(total=total, unit="frame", desc=path.name, disable=None, file=sys.stderr, leave=False)
     try:
         for frame, prediction in predict_frames(predictor, frames, args.batch, args.max_faces, timings):
             result = analysis.add(frame, prediction)
+            progress.update()
+            if table is not None:
+                table.add(result)
             if args.jsonl:
                 out.write(json_line("frame", result))
                 out.flush()
@@ -85,8 +100,11 @@ def run_video(args: argparse.Namespace) -> int:
                 writer = writer or _writer(args.overlay, shown.shape, fps or info.fps or 25.0, info.fps)
                 writer.write(shown[:, :, ::-1].copy())
     finally:
+        progress.close()
         if writer is not None:
             writer.release()
+        if table is not None:
+            table.close()
     seconds = time.perf_counter() - t0
     faces = int(timings.pop("faces", 0))
     if args.jsonl:
@@ -101,7 +119,8 @@ def run_video(args: argparse.Namespace) -> int:
     print(
         f"fmpn video: {path}: {n} frames analysed in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} frames/s), "
         f"{faces} faces, {tracks} tracks"
-        + (f", overlay {args.overlay}" if args.overlay and writer is not None else ""),
+        + (f", overlay {args.overlay}" if args.overlay and writer is not None else "")
+        + (f", table {args.csv}" if args.csv else ""),
         file=sys.stderr,
     )
     return 0
@@ -116,3 +135,39 @@ def _writer(path: str, shape: tuple[int, ...], fps: float, video_fps: float):  #
     if not writer.isOpened():
         raise ValueError(f"cannot write the overlay video {path} (an .mp4 path in a writable folder)")
     return writer
+
+
+class FaceTable:
+    """One row a face a frame, flushed as it goes (a long video's rows are on disk before it ends)."""
+
+    def __init__(self, path: str, classes: list[str]) -> None:
+        import csv
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
+        self.rows = csv.writer(self.file)
+        self.classes = classes
+        self.rows.writerow(["frame", "time_s", "track", "x1", "y1", "x2", "y2", "score", "label", *classes])
+
+    def add(self, frame) -> None:  # noqa: ANN001 - app.schemas.VideoFrameResult
+        for face in frame.faces:
+            b = face.box
+            probs = [f"{face.probabilities[c]:.6f}" for c in self.classes]
+            self.rows.writerow(
+                [
+                    frame.frame,
+                    frame.time_s,
+                    face.track,
+                    f"{b.x1:.1f}",
+                    f"{b.y1:.1f}",
+                    f"{b.x2:.1f}",
+                    f"{b.y2:.1f}",
+                    "" if face.score is None else f"{face.score:.4f}",
+                    face.label,
+                    *probs,
+                ]
+            )
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()

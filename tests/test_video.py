@@ -200,6 +200,24 @@ def test_fmpn_video_jsonl_streams_the_same_answer(fast_env, capsys) -> None:
     assert lines[-1]["tracks"] == whole["tracks"] and lines[0]["video"] == whole["video"]
 
 
+def test_fmpn_video_writes_a_row_a_face_a_frame(fast_env, tmp_path, capsys) -> None:
+    import csv
+
+    table = tmp_path / "faces.csv"
+    assert main(["video", str(_clip()), "--max-frames", "3", "--csv", str(table), "--indent", "0"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    faces = [(frame, face) for frame in body["frames"] for face in frame["faces"]]
+    assert len(rows) == len(faces) >= 9
+    classes = list(body["frames"][0]["faces"][0]["probabilities"])
+    assert list(rows[0]) == ["frame", "time_s", "track", "x1", "y1", "x2", "y2", "score", "label", *classes]
+    for row, (frame, face) in zip(rows, faces, strict=True):
+        assert (int(row["frame"]), int(row["track"]), row["label"]) == (frame["frame"], face["track"], face["label"])
+        assert float(row["x2"]) == pytest.approx(face["box"]["x2"], abs=0.05)
+        assert [float(row[c]) for c in classes] == pytest.approx(list(face["probabilities"].values()), abs=1e-6)
+
+
 def test_fmpn_video_refuses_bad_input_in_one_line(fast_env, tmp_path, capsys) -> None:
     clip = _clip()
     photo = require_data("photos", "group-multiface.jpg")
