@@ -101,8 +101,14 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
         limit = f"the limit of {max_pixels} pixels (max_pixels)" if max_pixels else "Pillow's decompression-bomb limit"
         raise ImageDecodeError("too_many_pixels", f"image has too many pixels, over {limit}: {exc}") from None
     except UnidentifiedImageError:
+        from fmpn.video import container_format  # here: fmpn.video imports this module
+
+        hint = ""
+        if container_format(data[:12]) is not None:
+            hint = "; it is a video: POST it to /v1/videos:predict (fmpn video FILE)"
         raise ImageDecodeError(
-            "not_an_image", f"the data is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
+            "not_an_image",
+            f"the data is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}){hint}",
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError("corrupt_image", f"the image header is corrupt: {exc}") from None

@@ -218,6 +218,12 @@ def test_fmpn_video_writes_a_row_a_face_a_frame(fast_env, tmp_path, capsys) -> N
         assert [float(row[c]) for c in classes] == pytest.approx(list(face["probabilities"].values()), abs=1e-6)
 
 
+def test_a_video_sent_as_a_photo_is_told_where_to_go(fast_env, capsys) -> None:
+    assert main(["predict", str(_clip()), "--no-overlay"]) == 2
+    err = capsys.readouterr().err
+    assert "not an image" in err and "it is a video: POST it to /v1/videos:predict (fmpn video FILE)" in err
+
+
 def test_fmpn_video_refuses_bad_input_in_one_line(fast_env, tmp_path, capsys) -> None:
     clip = _clip()
     photo = require_data("photos", "group-multiface.jpg")
