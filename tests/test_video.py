@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 
 import cv2
 import numpy as np
@@ -113,6 +114,30 @@ def test_frames_are_sampled_at_the_asked_rate() -> None:
     assert len(list(sample_frames(clip, fps=None))) == 105 == frames_to_sample(info, None)
     assert len(list(sample_frames(clip, fps=60))) == 105  # faster than the video: every frame
     assert [f.index for f in sample_frames(clip, fps=2, max_frames=3)] == [0, 13, 25]  # the first at or after each 12.5
+
+
+def _rotated_copy(clip, folder):
+    """The clip as a phone records a portrait video: the same frames, a 90-degree rotation in the track header
+    (tkhd's display matrix), which players and FFmpeg apply."""
+    data = bytearray(clip.read_bytes())
+    i = data.find(b"tkhd")
+    assert data[i + 4] == 0  # version 0: 32-bit times
+    matrix = i + 4 + 4 + 5 * 4 + 8 + 4 * 2
+    assert struct.unpack(">9i", data[matrix : matrix + 36]) == (1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    path = folder / "portrait.mp4"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_rotated_phone_video_is_read_upright(tmp_path) -> None:
+    clip = _clip()
+    rotated = _rotated_copy(clip, tmp_path)
+    info = probe_video(rotated)
+    assert (info.width, info.height, info.frames) == (1080, 1920, 105)
+    (plain,) = sample_frames(clip, max_frames=1)
+    (upright,) = sample_frames(rotated, max_frames=1)
+    np.testing.assert_array_equal(upright.rgb, np.rot90(plain.rgb, -1))
 
 
 def test_videos_that_cannot_be_read_get_a_clear_reason(tmp_path) -> None:
