@@ -101,9 +101,9 @@ def sample_frames(
     max_frames: int | None = None,
     max_pixels: int | None = None,
 ) -> Iterator[Frame]:
-    """The video's frames at ``fps`` a second (None, or at least the video's own rate: every frame), at most
-    ``max_frames`` of them. Frames in between are grabbed, not converted. A video whose frames are larger than
-    ``max_pixels`` is refused before any is decoded."""
+    """The video's frames at ``fps`` a second: the first at or after each point of a 1/fps grid of times (None, or
+    at least the video's own rate: every frame), at most ``max_frames`` of them. Frames in between are grabbed, not
+    converted. A video whose frames are larger than ``max_pixels`` is refused before any is decoded."""
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps}")
     if max_frames is not None and max_frames < 1:
@@ -116,25 +116,27 @@ def sample_frames(
                 f"the video's frames are {info.width}x{info.height} = {info.width * info.height} pixels; "
                 f"the limit is {max_pixels}",
             )
-        # Without a frame rate, frames are taken by their timestamps instead of their numbers.
-        step = 1.0 if fps is None or info.fps <= 0 or fps >= info.fps else info.fps / fps
-        next_pick = 0.0
+        # Frames are picked by their timestamps on a grid of 1/fps: phones record at a variable frame rate, where
+        # frame numbers are not times. Every frame when no rate is asked or the video's is no higher.
+        every = fps is None or (info.fps > 0 and fps >= info.fps)
+        picked = index = 0
         next_time = 0.0
-        index = taken = 0
-        while max_frames is None or taken < max_frames:
+        while max_frames is None or picked < max_frames:
             if not capture.grab():
                 break
-            time_s = index / info.fps if info.fps > 0 else capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            wanted = index + 1e-9 >= next_pick if info.fps > 0 or fps is None else time_s + 1e-9 >= next_time
-            if wanted:
+            msec = capture.get(cv2.CAP_PROP_POS_MSEC)
+            if math.isfinite(msec) and msec >= 0:
+                time_s = msec / 1000.0
+            else:
+                time_s = index / info.fps if info.fps > 0 else 0.0
+            if every or time_s + 1e-6 >= next_time:
                 ok, bgr = capture.retrieve()
                 if not ok or bgr is None:
                     break
                 yield Frame(index=index, time_s=time_s, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                taken += 1
-                next_pick += step
-                if fps is not None:
-                    next_time = time_s + 1.0 / fps
+                picked += 1
+                if not every:  # the next grid point after this frame (a long frame may pass several)
+                    next_time = (math.floor(time_s * fps + 1e-6) + 1) / fps
             index += 1
     finally:
         capture.release()
