@@ -1,0 +1,148 @@
+"""A Python client for the service: what ``curl`` does in the README, with the retries a caller should make.
+
+    from app.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key=None) as fmpn:
+        result = fmpn.predict("photo.jpg")                 # the POST /v1/predictions JSON, as a dict
+        png = fmpn.overlay(result["id"], alpha=0.6)        # the rendered overlay
+        for line in fmpn.stream_video("clip.mp4", fps=5):  # JSON lines as the frames are analysed
+            ...
+
+Backpressure is retried, not raised: 503 ``not_ready`` / ``queue_full`` and 429 ``rate_limited`` wait for their
+``Retry-After`` (at most ``max_wait_s`` in all), as do refused connections while the server starts. Every other
+error answer raises :class:`ServiceError` with the service's code and message.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+RETRIED = {429: {"rate_limited"}, 503: {"not_ready", "queue_full"}}
+
+
+class ServiceError(Exception):
+    """An error answer: HTTP ``status``, the service's ``code`` (e.g. ``too_many_pixels``) and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _content(source: str | Path | bytes) -> bytes:
+    return source if isinstance(source, bytes) else Path(source).read_bytes()
+
+
+def _error(response: httpx.Response) -> ServiceError:
+    try:
+        error = response.json()["error"]
+        return ServiceError(response.status_code, str(error["code"]), str(error["message"]))
+    except (ValueError, KeyError, TypeError):
+        return ServiceError(response.status_code, "http_error", response.text[:200])
+
+
+class Client:
+    def __init__(
+        self, base_url: str, api_key: str | None = None, timeout: float = 300.0, max_wait_s: float = 60.0
+    ) -> None:
+        headers = {"X-API-Key": api_key} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self.max_wait_s = max_wait_s
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- requests, with the waits the service asks for -------------------------------------------
+
+    def _send(self, method: str, path: str, *, stream: bool = False, **kwargs: Any) -> httpx.Response:
+        deadline = time.monotonic() + self.max_wait_s
+        while True:
+            try:
+                request = self.http.build_request(method, path, **kwargs)
+                response = self.http.send(request, stream=stream)
+            except httpx.ConnectError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+                continue
+            if response.is_success:
+                return response
+            if stream:
+                response.read()
+            error = _error(response)
+            wait = float(response.headers.get("retry-after", "1") or 1)
+            if error.code not in RETRIED.get(response.status_code, set()) or time.monotonic() + wait > deadline:
+                raise error
+            time.sleep(wait)
+
+    def ready(self) -> bool:
+        """Whether the model is loaded and warmed up (``GET /readyz``); never waits."""
+        try:
+            return self.http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._send("GET", "/v1/models").json()["models"]
+
+    def predict(
+        self, image: str | Path | bytes, *, mask: bool = True, max_faces: int | None = None, detect: bool = True
+    ) -> dict[str, Any]:
+        """One photo (a path or its bytes): every face's box, landmarks, probabilities and mask."""
+        params = {"mask": mask, "detect": detect, **({"max_faces": max_faces} if max_faces else {})}
+        files = {"image": ("image", _content(image))}
+        return self._send("POST", "/v1/predictions", params=params, files=files).json()
+
+    def predict_batch(self, images: list[str | Path | bytes], *, mask: bool = True) -> list[dict[str, Any]]:
+        """Several photos in one request: ``{"index", "result" or "error"}`` per photo, in order."""
+        files = [("images", (f"image{i}", _content(im))) for i, im in enumerate(images)]
+        return self._send("POST", "/v1/predictions:batch", params={"mask": mask}, files=files).json()["results"]
+
+    def overlay(self, result_id: str, *, alpha: float | None = None, max_side: int | None = None) -> bytes:
+        """The PNG of a stored result's photo with its boxes, labels and masks."""
+        params = {k: v for k, v in {"alpha": alpha, "max_side": max_side}.items() if v is not None}
+        return self._send("GET", f"/v1/predictions/{result_id}/overlay.png", params=params).content
+
+    def predict_video(
+        self, video: str | Path | bytes, *, fps: float | None = None, max_frames: int | None = None
+    ) -> dict[str, Any]:
+        """A video's sampled frames with their faces' track ids, and the tracks; one answer at the end."""
+        return self._send("POST", "/v1/videos:predict", **self._video(video, fps, max_frames)).json()
+
+    def stream_video(
+        self, video: str | Path | bytes, *, fps: float | None = None, max_frames: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The same as JSON lines while the frames are analysed: a ``video`` line, ``frame`` lines, a ``summary``.
+        An ``error`` line (the analysis failed midway) raises :class:`ServiceError` after the lines before it."""
+        kwargs = self._video(video, fps, max_frames)
+        kwargs["headers"]["Accept"] = "application/x-ndjson"
+        response = self._send("POST", "/v1/videos:predict", stream=True, **kwargs)
+        try:
+            for text in response.iter_lines():
+                if not text:
+                    continue
+                line = json.loads(text)
+                if line.get("type") == "error":
+                    raise ServiceError(response.status_code, line["error"]["code"], line["error"]["message"])
+                yield line
+        finally:
+            response.close()
+
+    @staticmethod
+    def _video(video: str | Path | bytes, fps: float | None, max_frames: int | None) -> dict[str, Any]:
+        params = {k: v for k, v in {"fps": fps, "max_frames": max_frames}.items() if v is not None}
+        headers = {"Content-Type": "application/octet-stream"}
+        return {"params": params, "content": _content(video), "headers": headers}
