@@ -183,6 +183,15 @@ class Service:
         finally:
             self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - t0)
 
+    def _queue_full(self, exc: QueueFull) -> ApiError:
+        self.metrics.rejected.labels("queue_full").inc()
+        return ApiError(
+            503,
+            "queue_full",
+            f"the service is busy: the inference queue is full (queue_size={exc.size}); retry later",
+            {"Retry-After": str(exc.retry_after)},
+        )
+
     async def predict(
         self, data: bytes, *, include_mask: bool, max_faces: int | None, base_path: str, detect: bool = True
     ) -> PredictionResponse:
@@ -203,13 +212,7 @@ class Service:
         except ApiError:
             raise
         except QueueFull as exc:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(
-                503,
-                "queue_full",
-                f"the service is busy: the inference queue is full (queue_size={exc.size}); retry later",
-                {"Retry-After": str(exc.retry_after)},
-            ) from None
+            raise self._queue_full(exc) from None
         except Exception as exc:  # inference failed for this image: logged, answered as JSON
             log.error("inference failed: %s: %s", type(exc).__name__, exc)
             self.metrics.rejected.labels("inference_failed").inc()
@@ -333,13 +336,7 @@ class Service:
                 )
             )
         except QueueFull as exc:  # another request took the room first
-            self.metrics.rejected.labels("queue_full").inc()
-            raise ApiError(
-                503,
-                "queue_full",
-                f"the service is busy: the inference queue is full (queue_size={exc.size}); retry later",
-                {"Retry-After": str(exc.retry_after)},
-            ) from None
+            raise self._queue_full(exc) from None
         except ApiError:
             raise
         except Exception as exc:
