@@ -84,6 +84,11 @@ class Batcher:
         return self._queue.qsize() + self._background.qsize()
 
     @property
+    def room(self) -> int:
+        """Images the queues take before ``submit`` raises QueueFull."""
+        return self.queue_size - self.depth
+
+    @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
@@ -132,7 +137,7 @@ class Batcher:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
         job = Job(image, options, loop.create_future())
-        if self.depth >= self.queue_size:
+        if self.room <= 0:
             raise QueueFull(self.queue_size, self.retry_after())
         (self._background if background else self._queue).put_nowait(job)
         self._waiting.set()

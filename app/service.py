@@ -318,7 +318,7 @@ class Service:
         a full queue; it waits, up to VIDEO_QUEUE_WAIT_S)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + VIDEO_QUEUE_WAIT_S
-        while self.settings.queue_size - self.batcher.depth < len(chunk):
+        while self.batcher.room < len(chunk):
             if loop.time() > deadline:
                 self.metrics.rejected.labels("queue_full").inc()
                 raise ApiError(

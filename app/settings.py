@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fmpn.precision import PRECISIONS
+from fmpn.video import DEFAULT_FPS
 
 WEIGHTS_FILE = "fmpn-cpu-fer2013.safetensors"
 
@@ -65,7 +66,7 @@ class Settings(BaseSettings):
     videos: bool = Field(True, description="accept POST /v1/videos:predict (FFmpeg decodes the uploads); false: 403")
     max_video_bytes: int = Field(100 * 1024 * 1024, ge=1, description="largest accepted video file, bytes")
     max_video_frames: int = Field(300, ge=1, description="most frames analysed per POST /v1/videos:predict")
-    video_fps: float = Field(5.0, gt=0, le=120, description="frames analysed a second of video, by default")
+    video_fps: float = Field(DEFAULT_FPS, gt=0, le=120, description="frames analysed a second of video, by default")
 
     # results
     result_ttl_s: float = Field(600.0, gt=0, description="how long a result (and its image) stays retrievable")

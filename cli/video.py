@@ -70,6 +70,7 @@ def run_video(args: argparse.Namespace) -> int:
     if args.jsonl:
         out.write(json_line("video", analysis.head()))
     writer = None
+    overlay_fps = analysis.head()["sampled_fps"] or info.fps or 25.0  # the analysed frames' rate
     timings = analysis.timings
     t0 = time.perf_counter()
     frames = sample_frames(path, fps, args.max_frames, settings.max_pixels)
@@ -97,7 +98,7 @@ def run_video(args: argparse.Namespace) -> int:
                     ids=ids,
                     max_side=args.overlay_max_side,
                 )
-                writer = writer or _writer(args.overlay, shown.shape, fps or info.fps or 25.0, info.fps)
+                writer = writer or _writer(args.overlay, shown.shape, overlay_fps)
                 writer.write(shown[:, :, ::-1].copy())
     finally:
         progress.close()
@@ -126,12 +127,11 @@ def run_video(args: argparse.Namespace) -> int:
     return 0
 
 
-def _writer(path: str, shape: tuple[int, ...], fps: float, video_fps: float):  # noqa: ANN202 - cv2.VideoWriter
+def _writer(path: str, shape: tuple[int, ...], fps: float):  # noqa: ANN202 - cv2.VideoWriter
     import cv2
 
-    rate = min(fps, video_fps) if video_fps > 0 else fps
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), rate, (shape[1], shape[0]))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (shape[1], shape[0]))
     if not writer.isOpened():
         raise ValueError(f"cannot write the overlay video {path} (an .mp4 path in a writable folder)")
     return writer

@@ -43,6 +43,7 @@ from fmpn.images import pad_edges
 from fmpn.models import class_probabilities
 from fmpn.models.fuse import compile_frozen, prepare_for_inference
 from fmpn.precision import autocast, resolve_precision
+from fmpn.video import container_format
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -101,8 +102,6 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
         limit = f"the limit of {max_pixels} pixels (max_pixels)" if max_pixels else "Pillow's decompression-bomb limit"
         raise ImageDecodeError("too_many_pixels", f"image has too many pixels, over {limit}: {exc}") from None
     except UnidentifiedImageError:
-        from fmpn.video import container_format  # here: fmpn.video imports this module
-
         hint = ""
         if container_format(data[:12]) is not None:
             hint = "; it is a video: POST it to /v1/videos:predict (fmpn video FILE)"

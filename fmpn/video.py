@@ -12,11 +12,13 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
-from fmpn.inference import ImagePrediction, Predictor
+if TYPE_CHECKING:  # fmpn.inference imports this module (container_format)
+    from fmpn.inference import ImagePrediction, Predictor
 
 DEFAULT_FPS = 5.0  # frames analysed a second of video
 

@@ -128,7 +128,7 @@ async def create_batch(
         body_limit=settings.max_batch_body_bytes,
         body_setting="max_image_bytes x max_batch_images",
     )
-    free = settings.queue_size - service.batcher.depth
+    free = service.batcher.room
     if len(images) > free:
         service.metrics.rejected.labels("queue_full").inc()
         raise ApiError(
