@@ -114,6 +114,11 @@ def test_demo_page_streams_a_video_and_lists_its_faces(browser) -> None:
         ]
         assert len(widths) == 7 and abs(sum(widths) - 100) < 1.0
         assert page.locator("#overlay").is_hidden() and page.locator("#video-box").is_visible()
+        # The clip itself plays in the page (the page's CSP lets the <video> load the local file's blob: URL).
+        page.wait_for_function("() => document.getElementById('video').readyState >= 2", timeout=60_000)
+        size = page.evaluate("() => ['videoWidth', 'videoHeight'].map(k => document.getElementById('video')[k])")
+        assert size == [1920, 1080]
+        assert "cannot play" not in page.inner_text("#status")
         # The boxes of the frame at 0.5 s (frame 10 of the clip) drawn over the video, whatever the browser can play.
         drawn = page.evaluate("() => window.fmpnDrawAt(0.5)")
         assert drawn >= 4

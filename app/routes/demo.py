@@ -27,8 +27,8 @@ async def index() -> HTMLResponse:
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": (
-                "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-                "script-src 'self' 'unsafe-inline'; connect-src 'self'"
+                "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; connect-src 'self'"
             ),
         },
     )
