@@ -99,17 +99,27 @@ class Client:
         return self._send("GET", "/v1/models").json()["models"]
 
     def predict(
-        self, image: str | Path | bytes, *, mask: bool = True, max_faces: int | None = None, detect: bool = True
+        self,
+        image: str | Path | bytes,
+        *,
+        mask: bool = True,
+        max_faces: int | None = None,
+        detect: bool = True,
+        keep: bool = True,
     ) -> dict[str, Any]:
-        """One photo (a path or its bytes): every face's box, landmarks, probabilities and mask."""
-        params = {"mask": mask, "detect": detect, **({"max_faces": max_faces} if max_faces else {})}
+        """One photo (a path or its bytes): every face's box, landmarks, probabilities and mask.
+        ``keep=False``: the service keeps nothing (no id or overlay URL)."""
+        params = {"mask": mask, "detect": detect, "keep": keep, **({"max_faces": max_faces} if max_faces else {})}
         files = {"image": ("image", _content(image))}
         return self._send("POST", "/v1/predictions", params=params, files=files).json()
 
-    def predict_batch(self, images: list[str | Path | bytes], *, mask: bool = True) -> list[dict[str, Any]]:
+    def predict_batch(
+        self, images: list[str | Path | bytes], *, mask: bool = True, keep: bool = True
+    ) -> list[dict[str, Any]]:
         """Several photos in one request: ``{"index", "result" or "error"}`` per photo, in order."""
         files = [("images", (f"image{i}", _content(im))) for i, im in enumerate(images)]
-        return self._send("POST", "/v1/predictions:batch", params={"mask": mask}, files=files).json()["results"]
+        params = {"mask": mask, "keep": keep}
+        return self._send("POST", "/v1/predictions:batch", params=params, files=files).json()["results"]
 
     def overlay(self, result_id: str, *, alpha: float | None = None, max_side: int | None = None) -> bytes:
         """The PNG of a stored result's photo with its boxes, labels and masks."""

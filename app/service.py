@@ -193,9 +193,17 @@ class Service:
         )
 
     async def predict(
-        self, data: bytes, *, include_mask: bool, max_faces: int | None, base_path: str, detect: bool = True
+        self,
+        data: bytes,
+        *,
+        include_mask: bool,
+        max_faces: int | None,
+        base_path: str,
+        detect: bool = True,
+        keep: bool = True,
     ) -> PredictionResponse:
-        """One uploaded image -> its response (stored under a fresh id for the overlay GETs).
+        """One uploaded image -> its response (stored under a fresh id for the overlay GETs unless ``keep`` is
+        False: a live camera's frames would only push other clients' results out of the store).
         ``detect`` False: the image is one face crop, classified whole (no detector)."""
         self.require_ready()
         assert self.predictor is not None
@@ -220,8 +228,8 @@ class Service:
         self.metrics.images.labels("true" if prediction.detected else "false").inc()
         if prediction.detected:
             self.metrics.faces_per_image.observe(prediction.faces_detected)
-        result_id = self.store.new_id()
-        expires = time.time() + self.settings.result_ttl_s
+        result_id = self.store.new_id() if keep else None
+        expires = time.time() + self.settings.result_ttl_s if keep else None
         timings = {
             "decode": (t1 - t0) * 1000,
             "queue": meta["queue"] * 1000,
@@ -237,13 +245,15 @@ class Service:
                 include_mask=include_mask,
                 max_faces=limit,
                 warnings=decoded.warnings,
-                base_url=f"{base_path}/{result_id}",
-                expires_at=round(expires, 3),
+                base_url=f"{base_path}/{result_id}" if keep else None,
+                expires_at=round(expires, 3) if expires else None,
                 timings_ms=timings,
             )
 
         response = await anyio.to_thread.run_sync(build)
         response.timings_ms["total"] = round((time.perf_counter() - t0) * 1000, 2)
+        if result_id is None:
+            return response
         stored = StoredResult(
             image_bytes=data,
             prediction=prediction,

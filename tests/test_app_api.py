@@ -142,6 +142,23 @@ def test_get_stored_result(client, group_result) -> None:
     assert body["faces"][0]["mask"] is None and body["faces"][0]["mask_url"]
 
 
+def test_keep_false_answers_without_storing(client, group_result) -> None:
+    before = metric_value(client.get("/metrics").text, "fmpn_results_bytes")
+    r = client.post("/v1/predictions?keep=false", content=photo_jpeg(GROUP), headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["id"] is None and body["overlay_url"] is None and body["expires_at"] is None
+    assert len(body["faces"]) == 6 and all(f["mask_url"] is None and f["mask"] for f in body["faces"])
+    # the same faces as the stored answer, and nothing more held in memory
+    assert [f["box"] for f in body["faces"]] == [f["box"] for f in group_result["faces"]]
+    assert metric_value(client.get("/metrics").text, "fmpn_results_bytes") == before
+    files = [("images", (f"{n}.jpg", photo_jpeg(n), "image/jpeg")) for n in (PORTRAITS[1], PORTRAITS[2])]
+    results = client.post("/v1/predictions:batch?keep=false&mask=false", files=files).json()["results"]
+    assert [item["result"]["id"] for item in results] == [None, None]
+    assert [len(item["result"]["faces"]) for item in results] == [1, 1]
+    assert metric_value(client.get("/metrics").text, "fmpn_results_bytes") == before
+
+
 def test_max_faces_query(client) -> None:
     r = client.post("/v1/predictions?max_faces=2", content=photo_jpeg(GROUP), headers={"Content-Type": "image/jpeg"})
     body = r.json()

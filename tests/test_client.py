@@ -30,6 +30,8 @@ def test_photos_batches_overlays_and_errors(server) -> None:
         result = fmpn.predict(photo_jpeg(GROUP))
         assert len(result["faces"]) == 6 and result["faces"][0]["mask"] is not None
         assert fmpn.predict(require_data("photos", f"{GROUP}.jpg"), mask=False, max_faces=2)["faces_detected"] >= 6
+        unkept = fmpn.predict(photo_jpeg(PORTRAITS[0]), mask=False, keep=False)
+        assert unkept["faces"] and unkept["id"] is None and unkept["overlay_url"] is None
         png = fmpn.overlay(result["id"], alpha=0.3, max_side=320)
         assert png.startswith(b"\x89PNG") and len(png) > 1000
         items = fmpn.predict_batch([photo_jpeg(PORTRAITS[0]), b"not an image"], mask=False)

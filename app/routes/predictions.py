@@ -65,6 +65,11 @@ _BATCH_BODY = {
 
 MASK_QUERY = Query(True, description="include each face's motion mask as base64 PNG")
 MAX_FACES_QUERY = Query(None, ge=1, description="classify at most this many (largest) faces; capped by max_faces")
+KEEP_QUERY = Query(
+    True,
+    description="false: nothing is kept once the answer is sent: no id, overlay_url, mask_url or expires_at (for "
+    "a live camera's frames, or a photo that must not stay in memory)",
+)
 DETECT_QUERY = Query(
     True,
     description="false: the image is already one face crop, tight and upright like FER2013's or CK+48's; it is "
@@ -81,13 +86,17 @@ DETECT_QUERY = Query(
     description=(
         "Send the photo as a multipart upload (field `image`), as a raw `image/*` body, or as JSON "
         '`{"image": "<base64>"}`. Faces are ordered largest first and indexed from 0. The result is kept '
-        "in memory for `result_ttl_s` seconds under `id` for the overlay and mask GETs."
+        "in memory for `result_ttl_s` seconds under `id` for the overlay and mask GETs, unless `keep=false`."
     ),
     responses=_ERRORS,
     openapi_extra={"requestBody": _IMAGE_BODY},
 )
 async def create_prediction(
-    request: Request, mask: bool = MASK_QUERY, max_faces: int | None = MAX_FACES_QUERY, detect: bool = DETECT_QUERY
+    request: Request,
+    mask: bool = MASK_QUERY,
+    max_faces: int | None = MAX_FACES_QUERY,
+    detect: bool = DETECT_QUERY,
+    keep: bool = KEEP_QUERY,
 ) -> PredictionResponse:
     service = request.app.state.service
     settings = request.app.state.settings
@@ -100,7 +109,7 @@ async def create_prediction(
         body_setting="max_image_bytes",
     )
     return await service.predict(
-        data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions", detect=detect
+        data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions", detect=detect, keep=keep
     )
 
 
@@ -116,7 +125,11 @@ async def create_prediction(
     openapi_extra={"requestBody": _BATCH_BODY},
 )
 async def create_batch(
-    request: Request, mask: bool = MASK_QUERY, max_faces: int | None = MAX_FACES_QUERY, detect: bool = DETECT_QUERY
+    request: Request,
+    mask: bool = MASK_QUERY,
+    max_faces: int | None = MAX_FACES_QUERY,
+    detect: bool = DETECT_QUERY,
+    keep: bool = KEEP_QUERY,
 ) -> BatchResponse:
     service = request.app.state.service
     settings = request.app.state.settings
@@ -142,7 +155,7 @@ async def create_batch(
     async def one(i: int, data: bytes) -> BatchItem:
         try:
             result = await service.predict(
-                data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions", detect=detect
+                data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions", detect=detect, keep=keep
             )
         except ApiError as exc:
             return BatchItem(index=i, error=ErrorDetail(code=exc.code, message=exc.message))
