@@ -1,19 +1,25 @@
 """The demo page in headless Chromium (Debian's chromium, driven by Playwright) against a real
 uvicorn server on 127.0.0.1: upload a real photo, wait for the bars and the overlay, keep a screenshot
 (runs/screenshots/demo-page.png, not committed: it shows third-party photos); then a video, streamed: the
-face tracks' cards and their boxes over the clip (runs/screenshots/demo-video.png)."""
+face tracks' cards and their boxes over the clip (runs/screenshots/demo-video.png); then the camera, Chromium's
+fake camera playing the group photo (runs/screenshots/demo-camera.png)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from conftest import require_data
 from test_app_helpers import (
     GROUP,
     live_server,
+    metric_value,
     one_torch_thread,  # noqa: F401  (autouse)
+    photo_array,
 )
 
 CHROMIUM = Path(os.environ.get("FMPN_CHROMIUM", "/usr/bin/chromium"))
@@ -29,20 +35,26 @@ def _need(condition: bool, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright() -> Iterator[Any]:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         _need(False, "playwright is not installed (pip install -e '.[dev]')")
     _need(CHROMIUM.exists(), f"{CHROMIUM} not found (apt-get install -y chromium)")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"],
-        )
-        yield browser
-        browser.close()
+        yield pw
+
+
+def _launch(playwright: Any, *extra_args: str) -> Any:
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"]
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[*args, *extra_args])
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    browser = _launch(playwright)
+    yield browser
+    browser.close()
 
 
 def test_demo_page_shows_bars_and_overlay(browser) -> None:
@@ -136,5 +148,68 @@ def test_demo_page_streams_a_video_and_lists_its_faces(browser) -> None:
         page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0", timeout=120_000)
         assert page.locator("#video-box").is_hidden() and page.locator("#overlay").is_visible()
         page.close()
+    finally:
+        srv.stop()
+
+
+def _camera_file(path: Path, frames: int = 5) -> Path:
+    """The group photo as a Y4M clip of still frames: what Chromium's fake camera plays."""
+    import cv2
+
+    rgb = photo_array(GROUP, max_side=1200)
+    rgb = rgb[: rgb.shape[0] // 2 * 2, : rgb.shape[1] // 2 * 2]
+    h, w = rgb.shape[:2]
+    yuv = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2YUV_I420)
+    with path.open("wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F5:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(frames):
+            f.write(b"FRAME\n" + yuv.tobytes())
+    return path
+
+
+def test_demo_page_classifies_the_camera_live(playwright, tmp_path) -> None:
+    require_data("photos", f"{GROUP}.jpg")
+    camera = _camera_file(tmp_path / "camera.y4m")
+    fake_camera = (
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+    )
+    srv = live_server()
+    try:
+        browser = _launch(playwright, *fake_camera)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(srv.url + "/")
+            page.click("#camera")
+            page.wait_for_function("() => window.fmpnLive.frames >= 3", timeout=120_000)
+            assert page.locator("#video-box").is_visible() and page.locator("#overlay").is_hidden()
+            assert page.inner_text("#camera") == "Stop the camera"
+            status = page.inner_text("#status")
+            assert status.startswith("Live: 6 faces") and "frames/s" in status, status
+            # the same six faces frame after frame: six cards, ids 0-5 kept (no new id per frame)
+            titles = page.locator("#faces .face h2").all_inner_texts()
+            assert sorted(int(t.split(":")[0].removeprefix("Face ")) for t in titles) == list(range(6)), titles
+            assert all("smoothed" in t for t in titles)
+            assert page.evaluate("() => window.fmpnLive.nextId") == 6
+            painted = page.evaluate(
+                "() => { const c = document.getElementById('boxes');"
+                " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }"
+            )
+            assert painted > 1000
+            page.screenshot(path=str(SCREENSHOT.with_name("demo-camera.png")), full_page=True)
+            # the frames were sent with keep=false: the service holds none of them
+            with srv.client() as http:
+                metrics = http.get("/metrics").text
+            assert metric_value(metrics, "fmpn_results_stored") == 0
+            assert metric_value(metrics, "fmpn_images_total") >= 3
+            page.click("#camera")
+            page.wait_for_function("() => document.getElementById('status').textContent.includes('Camera off')")
+            assert page.evaluate("() => document.getElementById('video').srcObject === null")
+            assert page.inner_text("#camera") == "Use the camera"
+            page.close()
+        finally:
+            browser.close()
     finally:
         srv.stop()
