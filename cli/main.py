@@ -12,7 +12,16 @@ import os
 import sys
 
 # Subcommand modules, in the order they appear in --help.
-COMMAND_MODULES = ("cli.train", "cli.evaluate", "cli.crops", "cli.masks", "cli.export", "cli.serve", "cli.video")
+COMMAND_MODULES = (
+    "cli.train",
+    "cli.evaluate",
+    "cli.crops",
+    "cli.masks",
+    "cli.export",
+    "cli.serve",
+    "cli.predict",
+    "cli.video",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

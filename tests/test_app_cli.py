@@ -18,6 +18,7 @@ from conftest import require_data
 from PIL import Image
 from test_app_helpers import (
     DEFAULT_WEIGHTS,
+    FER2013_CLASSES,
     GROUP,
     PORTRAITS,
     checkpoint_path,
@@ -73,6 +74,53 @@ def test_predict_several_photos_and_errors(fast_env, tmp_path, capsys) -> None:
     assert not list(tmp_path.glob("*.png"))
     assert main(["predict", str(tmp_path / "missing.jpg")]) == 2
     assert "no such photo" in capsys.readouterr().err
+
+
+def test_predict_walks_folders_into_a_table_and_json_lines(fast_env, tmp_path, capsys, monkeypatch) -> None:
+    """A folder: its images in sorted order (subfolders too, hidden ones and other files skipped), batched; a CSV
+    row a face and a JSON line a photo, the unreadable one reported in both; overlays keep the subfolders."""
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    (folder / ".hidden").mkdir()
+    for name, where in ((GROUP, folder), (PORTRAITS[0], folder), (PORTRAITS[1], folder / "more")):
+        (where / f"{name}.jpg").symlink_to(require_data("photos", f"{name}.jpg"))
+    (folder / ".hidden" / "x.jpg").symlink_to(require_data("photos", f"{PORTRAITS[2]}.jpg"))
+    (folder / "more" / "bad.jpg").write_bytes(b"not a photo")
+    (folder / "notes.txt").write_text("not an image")
+    table, out = tmp_path / "faces.csv", tmp_path / "overlays"
+    argv = ["predict", str(folder), "--csv", str(table), "--jsonl", "--no-mask", "--batch", "2", "--out-dir", str(out)]
+    assert main(argv) == 1  # one photo unreadable
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    expected = [f"{GROUP}.jpg", "more/bad.jpg", f"more/{PORTRAITS[1]}.jpg", f"{PORTRAITS[0]}.jpg"]
+    assert [str(Path(line["photo"]).relative_to(folder)) for line in lines] == expected
+    assert lines[1]["error"]["code"] == "not_an_image" and "result" not in lines[1]
+    assert [len(line["result"]["faces"]) for line in lines if "result" in line] == [6, 1, 1]
+    import csv
+
+    rows = list(csv.DictReader(table.open()))
+    assert [Path(r["photo"]).name for r in rows] == [f"{GROUP}.jpg"] * 6 + [n.split("/")[-1] for n in expected[1:]]
+    assert rows[6]["error"].startswith("not_an_image") and rows[6]["face"] == ""
+    assert all(abs(sum(float(r[c]) for c in FER2013_CLASSES) - 1) < 1e-4 for r in rows if r["face"])
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
+        f"{GROUP}.overlay.png",
+        f"more/{PORTRAITS[1]}.overlay.png",
+        f"{PORTRAITS[0]}.overlay.png",
+    ]
+    # the batched answers are those of the group photo sent alone
+    assert main(["predict", str(folder / f"{GROUP}.jpg"), "--no-overlay", "--no-mask"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert [f["box"] for f in alone["faces"]] == [f["box"] for f in lines[0]["result"]["faces"]]
+    for a, b in zip(alone["faces"], lines[0]["result"]["faces"], strict=True):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-4)
+    # a folder writes no overlays without --out-dir, and says so; a folder without images is an error
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", str(folder / "more"), "--no-mask", "--indent", "0"]) == 1
+    captured = capsys.readouterr()
+    assert [item["index"] for item in json.loads(captured.out)["results"]] == [0, 1]
+    assert "no overlays for a folder without --out-dir" in captured.err and not list(tmp_path.glob("*.png"))
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tmp_path / "empty")]) == 2
+    assert "no images" in capsys.readouterr().err
 
 
 def test_predict_uses_the_released_weights_from_any_folder(monkeypatch, tmp_path, capsys) -> None:

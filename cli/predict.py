@@ -1,0 +1,242 @@
+"""``fmpn predict PHOTO|FOLDER...``: the service's pipeline in process, on a few photos or on whole folders.
+
+A few photos print the service's JSON (and overlay PNGs); a folder is walked for images and is best read as a
+table (``--csv``: a row a face, written as each batch finishes) or as JSON lines (``--jsonl``): neither keeps the
+results in memory, so a folder of any size runs in constant memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cli.serve import _settings
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    predict = sub.add_parser(
+        "predict",
+        help="predict the expressions in photos or folders of photos; the service's JSON, a CSV, overlay PNGs",
+        description="Runs the same pipeline as the service, in process. One photo prints the POST /v1/predictions "
+        "JSON; several print the :batch JSON, or one JSON line a photo with --jsonl. A folder stands for every "
+        f"image under it ({', '.join(IMAGE_SUFFIXES)}; hidden files skipped), in sorted order. Overlays go to "
+        "OUT_DIR/<photo name>.overlay.png (a folder's keep their subfolders; a folder writes none without "
+        "--out-dir).",
+    )
+    predict.add_argument("photos", nargs="+", metavar="PHOTO", help="image files or folders of them")
+    predict.add_argument("--weights", help="checkpoint (default: FMPN_WEIGHTS or the checkout's released file)")
+    predict.add_argument("--device", help="auto, cpu, cuda, cuda:1 ...")
+    predict.add_argument(
+        "--out-dir", help="where overlay PNGs go (default: the current folder for photos named one by one)"
+    )
+    predict.add_argument("--no-overlay", action="store_true", help="write no overlay PNG")
+    predict.add_argument("--no-mask", action="store_true", help="leave the base64 masks out of the JSON")
+    predict.add_argument("--alpha", type=float, help="heat-map opacity in the overlay, 0..1")
+    predict.add_argument("--max-faces", type=int, help="classify at most the N largest faces per photo")
+    predict.add_argument(
+        "--no-detect",
+        action="store_true",
+        help="each image is already one face crop (tight, upright, like FER2013's): classify it whole, no detector",
+    )
+    predict.add_argument("--batch", type=int, default=8, help="photos per model batch (default 8)")
+    predict.add_argument(
+        "--csv",
+        metavar="OUT.csv",
+        help="write one row a face (photo, face, box, score, label, every class's probability); a photo with no "
+        "face gets one row with an empty face, a photo that cannot be read one row with its error",
+    )
+    predict.add_argument(
+        "--jsonl",
+        action="store_true",
+        help='print one JSON line a photo as it is done ({"photo", "result"} or {"photo", "error"}) instead of '
+        "one JSON document at the end",
+    )
+    predict.add_argument("--indent", type=int, default=2, help="JSON indent (0: one line; not with --jsonl)")
+    predict.set_defaults(func=run_predict)
+
+
+def photo_paths(inputs: list[str]) -> tuple[list[Path], dict[Path, Path]]:
+    """The photos to read, in order: files as given, folders walked (sorted, image suffixes, no hidden entries).
+    Also each walked photo's path relative to its folder, for where its overlay goes."""
+    paths: list[Path] = []
+    relative: dict[Path, Path] = {}
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+            if not found:
+                raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under the folder {path}")
+            paths += found
+            relative.update((p, p.relative_to(path)) for p in found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"no such photo or folder: {path}")
+    return paths, relative
+
+
+def _chunks(items: list[Path], size: int) -> Iterator[tuple[int, list[Path]]]:
+    for start in range(0, len(items), size):
+        yield start, items[start : start + size]
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from app.render import encode_png, render_overlay
+    from app.schemas import BatchItem, BatchResponse, ErrorDetail, prediction_response
+    from app.service import build_predictor
+    from fmpn.inference import ImageDecodeError, load_image_file
+
+    # Uncompiled: a few photos never repay compiling the model (seconds per batch shape); the service does.
+    settings = _settings(args, compile="off")
+    if args.alpha is not None and not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be within 0..1, got {args.alpha}")
+    for name in ("max_faces", "batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    paths, relative = photo_paths(args.photos)
+    single = len(paths) == 1 and not relative
+    overlays = not args.no_overlay and (args.out_dir is not None or not relative)
+    out_dir = Path(args.out_dir or ".")
+    if not args.no_overlay and not overlays:
+        print("fmpn predict: no overlays for a folder without --out-dir", file=sys.stderr)
+    predictor = build_predictor(settings)
+    info = predictor.info()
+    limit = args.max_faces or settings.max_faces
+    alpha = settings.mask_alpha if args.alpha is None else args.alpha
+    table = PhotoTable(args.csv, predictor.classes) if args.csv else None
+    items: list[BatchItem] = []  # only for the JSON document printed at the end
+    failed = faces = 0
+    t0 = time.perf_counter()
+    progress = tqdm(total=len(paths), unit="photo", disable=None if len(paths) > 1 else True, file=sys.stderr)
+    try:
+        for start, chunk in _chunks(paths, args.batch):
+            decoded: dict[Path, Any] = {}
+            done: dict[Path, BatchItem] = {}
+            for path in chunk:
+                try:
+                    decoded[path] = load_image_file(path, settings.max_pixels)
+                except ImageDecodeError as exc:
+                    if single:
+                        raise ValueError(f"{path}: {exc.message}") from None
+                    done[path] = BatchItem(index=0, error=ErrorDetail(code=exc.code, message=f"{path}: {exc.message}"))
+            timings: dict[str, float] = {}
+            ready = list(decoded)
+            predictions = predictor.predict(
+                [decoded[p].rgb for p in ready], max_faces=limit, timings=timings, detect=not args.no_detect
+            )
+            for path, prediction in zip(ready, predictions, strict=True):
+                response = prediction_response(
+                    None,
+                    prediction,
+                    info,
+                    include_mask=not args.no_mask,
+                    max_faces=limit,
+                    warnings=decoded[path].warnings,
+                    # a batch's timings are shared by its photos: given for a photo alone only
+                    timings_ms={k: v * 1000 for k, v in timings.items() if k != "faces"} if len(ready) == 1 else {},
+                )
+                done[path] = BatchItem(index=0, result=response)
+                faces += len(prediction.faces)
+                if overlays:
+                    target = out_dir / (relative[path] if path in relative else Path(path.name))
+                    target = target.with_name(f"{target.stem}.overlay.png")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    image = render_overlay(decoded[path].rgb, prediction, predictor.classes, alpha=alpha)
+                    target.write_bytes(encode_png(image))
+                    if not relative:
+                        progress.write(
+                            f"fmpn predict: {path}: {len(prediction.faces)} face(s), overlay {target}", file=sys.stderr
+                        )
+            for i, path in enumerate(chunk, start):  # in the photos' order, whatever failed
+                item = done[path]
+                item.index = i
+                failed += item.result is None
+                if table is not None:
+                    table.add(path, item)
+                if args.jsonl:
+                    sys.stdout.write(_json_line(path, item))
+                    sys.stdout.flush()
+                else:
+                    items.append(item)
+            progress.update(len(chunk))
+    finally:
+        progress.close()
+        if table is not None:
+            table.close()
+    seconds = time.perf_counter() - t0
+    if not args.jsonl:
+        indent = args.indent or None
+        if single:
+            print(items[0].result.model_dump_json(indent=indent))
+        else:
+            print(BatchResponse(results=items).model_dump_json(indent=indent))
+    if len(paths) > 1:
+        print(
+            f"fmpn predict: {len(paths)} photos ({failed} unreadable) in {seconds:.1f} s "
+            f"({len(paths) / max(seconds, 1e-9):.1f} photos/s), {faces} faces"
+            + (f", overlays in {out_dir}" if overlays else "")
+            + (f", table {args.csv}" if args.csv else ""),
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+def _json_line(path: Path, item: Any) -> str:  # noqa: ANN401 - app.schemas.BatchItem
+    body = item.model_dump(mode="json", exclude={"index"}, exclude_none=True)
+    return json.dumps({"photo": str(path), **body}) + "\n"
+
+
+class PhotoTable:
+    """One row a face, flushed batch by batch (a long folder's rows are on disk before it ends)."""
+
+    def __init__(self, path: str, classes: list[str]) -> None:
+        import csv
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
+        self.rows = csv.writer(self.file)
+        self.classes = classes
+        self.rows.writerow(["photo", "face", "x1", "y1", "x2", "y2", "score", "label", *classes, "error"])
+
+    def add(self, photo: Path, item: Any) -> None:  # noqa: ANN401 - app.schemas.BatchItem
+        blank = [""] * (len(self.classes) + 7)
+        if item.result is None:
+            self.rows.writerow([photo, *blank, f"{item.error.code}: {item.error.message}"])
+        elif not item.result.faces:
+            self.rows.writerow([photo, *blank, ""])
+        for face in item.result.faces if item.result is not None else []:
+            b = face.box
+            self.rows.writerow(
+                [
+                    photo,
+                    face.index,
+                    f"{b.x1:.1f}",
+                    f"{b.y1:.1f}",
+                    f"{b.x2:.1f}",
+                    f"{b.y2:.1f}",
+                    "" if face.score is None else f"{face.score:.4f}",
+                    face.label,
+                    *(f"{face.probabilities[c]:.6f}" for c in self.classes),
+                    "",
+                ]
+            )
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
