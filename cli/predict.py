@@ -1,8 +1,8 @@
 """``fmpn predict PHOTO|FOLDER...``: the service's pipeline in process, on a few photos or on whole folders.
 
 A few photos print the service's JSON (and overlay PNGs); a folder is walked for images and is best read as a
-table (``--csv``: a row a face, written as each batch finishes) or as JSON lines (``--jsonl``): neither keeps the
-results in memory, so a folder of any size runs in constant memory.
+table (``--csv``: a row a face, written as each batch finishes) or as JSON lines (``--jsonl``, which keeps nothing
+past its batch, so a folder of any size runs in constant memory).
 """
 
 from __future__ import annotations
