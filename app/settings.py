@@ -8,20 +8,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fmpn.checkpoint import released_weights
 from fmpn.precision import PRECISIONS
 from fmpn.video import DEFAULT_FPS
 
-WEIGHTS_FILE = "fmpn-cpu-fer2013.safetensors"
-
-
-def _default_weights() -> Path:
-    """The checkout's released file, wherever the command runs from (``fmpn predict`` in another folder);
-    an installed wheel carries no weights, so there the relative path stays and FMPN_WEIGHTS names the file."""
-    released = Path(__file__).resolve().parents[1] / "weights" / WEIGHTS_FILE
-    return released if released.is_file() else Path("weights") / WEIGHTS_FILE
-
-
-DEFAULT_WEIGHTS = _default_weights()
+DEFAULT_WEIGHTS = released_weights()  # FMPN_WEIGHTS names another file (an installed wheel carries none)
 
 
 class Settings(BaseSettings):

@@ -47,6 +47,16 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, corrupt or does not fit the model asked for."""
 
 
+RELEASED_FILE = "fmpn-cpu-fer2013.safetensors"
+
+
+def released_weights() -> Path:
+    """The checkout's released file (``weights/``), wherever the command runs from; an installed wheel carries no
+    weights, so there the relative path ``weights/...`` stays and the caller names the file."""
+    released = Path(__file__).resolve().parents[1] / "weights" / RELEASED_FILE
+    return released if released.is_file() else Path("weights") / RELEASED_FILE
+
+
 @dataclass
 class Checkpoint:
     profile: Profile

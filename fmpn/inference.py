@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_transform
-from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint
+from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint, released_weights
 from fmpn.data.transforms import CENTRE, crop_box, resize_shorter
 from fmpn.detect import Face, FaceDetector
 from fmpn.images import pad_edges
@@ -167,6 +167,31 @@ def load_image_file(path: str | Path, max_pixels: int | None = None) -> DecodedI
     return decode_image(Path(path).read_bytes(), max_pixels=max_pixels)
 
 
+def as_rgb(image: str | Path | bytes | Image.Image | np.ndarray) -> np.ndarray:
+    """One image as the (H, W, 3) uint8 RGB array :meth:`Predictor.predict` takes; a clear ValueError (or
+    :class:`ImageDecodeError`, FileNotFoundError) for anything else."""
+    if isinstance(image, (str, Path)):
+        return load_image_file(image).rgb
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image)).rgb
+    if isinstance(image, Image.Image):
+        return _to_rgb8(image)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"an image array must be uint8 (0-255), got {image.dtype}")
+        if image.ndim == 2:
+            return np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"an image array must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
+        if min(image.shape[:2]) < 1:
+            raise ValueError(f"an image array must not be empty, got shape {image.shape}")
+        return np.ascontiguousarray(image)
+    raise ValueError(
+        f"an image must be a file path, the bytes of an image file, a PIL image or a uint8 array, "
+        f"got {type(image).__name__}"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Results
 # ----------------------------------------------------------------------------------------------
@@ -181,10 +206,21 @@ class FacePrediction:
     mask: np.ndarray  # (S, S) float32 in (0, 1), S = profile.image_size (the aligned centre crop)
     matrix: np.ndarray  # (2, 3) image -> aligned load_size crop, as returned by align_face
     offset: int  # centre-crop offset: mask pixel (u, v) is crop pixel (u + offset, v + offset)
+    classes: tuple[str, ...] = ()  # the model's class names, in the order of ``probabilities``
 
     @property
     def label_index(self) -> int:
         return int(np.argmax(self.probabilities))
+
+    @property
+    def label(self) -> str:
+        """The most probable class's name."""
+        return self.classes[self.label_index]
+
+    @property
+    def expressions(self) -> dict[str, float]:
+        """Each class's probability by name."""
+        return {c: float(p) for c, p in zip(self.classes, self.probabilities, strict=True)}
 
     @property
     def mask_matrix(self) -> np.ndarray:
@@ -244,7 +280,7 @@ class Predictor:
 
     def __init__(
         self,
-        weights: str | Path,
+        weights: str | Path | None = None,
         device: str | torch.device = "auto",
         *,
         precision: str = "auto",
@@ -258,9 +294,10 @@ class Predictor:
         retry_pad: float = 0.1,
         compile: bool | None = False,
     ) -> None:
-        """``compile``: run the model compiled with frozen weights (None: on a CPU with a C++ compiler); should
-        compiling fail, the model runs uncompiled, with one warning."""
-        self.weights = Path(weights)
+        """``weights`` None: the released file (``weights/`` of the checkout). ``compile``: run the model compiled
+        with frozen weights (None: on a CPU with a C++ compiler); should compiling fail, the model runs uncompiled,
+        with one warning."""
+        self.weights = released_weights() if weights is None else Path(weights)
         self.device = resolve_device(device)
         self.checkpoint: Checkpoint = load_checkpoint(self.weights)  # CheckpointError when missing/corrupt
         self.sha256 = file_sha256(self.weights)
@@ -543,6 +580,7 @@ class Predictor:
                     mask=masks[k],
                     matrix=np.asarray(matrix, dtype=np.float64),
                     offset=self.crop_offset,
+                    classes=tuple(self.classes),
                 )
             )
         if timings is not None:
@@ -551,6 +589,17 @@ class Predictor:
             timings["model"] = timings.get("model", 0.0) + (t3 - t2)
             timings["faces"] = timings.get("faces", 0) + len(crops)
         return results
+
+    def predict_images(
+        self,
+        images: Sequence[str | Path | bytes | Image.Image | np.ndarray],
+        max_faces: int | Sequence[int | None] | None = None,
+        detect: bool | Sequence[bool] = True,
+    ) -> list[ImagePrediction]:
+        """:meth:`predict` for images in any of the forms a library user has them: file paths, the bytes of an
+        image file (decoded as the service decodes uploads, EXIF orientation included), PIL images, or uint8
+        arrays (H, W, 3) RGB or (H, W) grey. Each face has its ``label`` and ``expressions`` by class name."""
+        return self.predict([as_rgb(im) for im in images], max_faces=max_faces, detect=detect)
 
     @staticmethod
     def _per_image(name: str, value: Any, n: int) -> list[Any]:

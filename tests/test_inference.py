@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import io
 import itertools
+import re
 from pathlib import Path
 
 import cv2
@@ -294,6 +295,42 @@ def test_compiling_without_a_cpp_compiler_falls_back_to_the_uncompiled_model(gro
     assert forced.compiled is None and not forced.info()["compiled"]
     expected, _ = Predictor(checkpoint_path(), "cpu").classify(crops)
     np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_library_use_the_released_weights_and_any_image_form(tmp_path) -> None:
+    """``from fmpn import Predictor``; ``Predictor()`` loads the released file; a path, the file's bytes, a PIL
+    image and an array of the same photo give the same faces, named by class."""
+    from fmpn import Predictor as Lazy
+    from fmpn.checkpoint import released_weights
+
+    assert Lazy is Predictor
+    fer = Predictor(detect_max_side=640)
+    assert fer.weights == released_weights() and fer.weights.is_file()
+    path = tmp_path / "portrait.jpg"
+    path.write_bytes(encode(photo(PORTRAITS[1])))
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    results = fer.predict_images([path, str(path), path.read_bytes(), Image.open(path), rgb])
+    boxes = {tuple(round(v, 3) for v in r.faces[0].box) for r in results}
+    labels = {r.faces[0].label for r in results}
+    assert all(len(r.faces) == 1 for r in results) and len(boxes) == 1 and len(labels) == 1
+    face = results[0].faces[0]
+    assert face.label in fer.classes and list(face.expressions) == fer.classes
+    assert sum(face.expressions.values()) == pytest.approx(1.0) and face.expressions[face.label] == max(
+        face.expressions.values()
+    )
+    (grey,) = fer.predict_images([rgb[:, :, 1]])  # (H, W) grey
+    assert len(grey.faces) == 1
+    for bad, message in (
+        (rgb.astype(np.float32), "must be uint8"),
+        (np.zeros((4, 4, 4), np.uint8), "(H, W, 3) RGB"),
+        (12, "got int"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            fer.predict_images([bad])
+    with pytest.raises(ImageDecodeError, match="not an image"):
+        fer.predict_images([b"not an image"])
+    with pytest.raises(FileNotFoundError):
+        fer.predict_images([tmp_path / "missing.jpg"])
 
 
 def test_missing_checkpoint(tmp_path) -> None:
