@@ -27,13 +27,22 @@ RETRIED = {429: {"rate_limited"}, 503: {"not_ready", "queue_full"}}
 
 
 class ServiceError(Exception):
-    """An error answer: HTTP ``status``, the service's ``code`` (e.g. ``too_many_pixels``) and ``message``."""
+    """An error answer: HTTP ``status``, the service's ``code`` (e.g. ``too_many_pixels``) and ``message``, and
+    the ``request_id`` its log lines carry (quote it to whoever runs the service)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
+    def __init__(self, status: int, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(f"{status} {code}: {message}" + (f" (request {request_id})" if request_id else ""))
         self.status = status
         self.code = code
         self.message = message
+        self.request_id = request_id
+
+
+def _service_error(status: int, error: dict[str, Any]) -> ServiceError:
+    request_id = error.get("request_id")
+    return ServiceError(
+        status, str(error["code"]), str(error["message"]), None if request_id is None else str(request_id)
+    )
 
 
 def _content(source: str | Path | bytes) -> bytes:
@@ -42,8 +51,7 @@ def _content(source: str | Path | bytes) -> bytes:
 
 def _error(response: httpx.Response) -> ServiceError:
     try:
-        error = response.json()["error"]
-        return ServiceError(response.status_code, str(error["code"]), str(error["message"]))
+        return _service_error(response.status_code, response.json()["error"])
     except (ValueError, KeyError, TypeError):
         return ServiceError(response.status_code, "http_error", response.text[:200])
 
@@ -146,7 +154,7 @@ class Client:
                     continue
                 line = json.loads(text)
                 if line.get("type") == "error":
-                    raise ServiceError(response.status_code, line["error"]["code"], line["error"]["message"])
+                    raise _service_error(response.status_code, line["error"])
                 yield line
         finally:
             response.close()

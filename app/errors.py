@@ -1,4 +1,4 @@
-"""Every error is JSON ``{"error": {"code": "...", "message": "..."}}``; never a stack trace."""
+"""Every error is JSON ``{"error": {"code": "...", "message": "...", "request_id": "..."}}``; never a stack trace."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.request_id import HEADER, current_request_id
 
 log = logging.getLogger("app")
 
@@ -51,10 +53,17 @@ class ApiError(Exception):
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message}
     err.update(extra)
+    request_id = current_request_id()
+    if request_id is not None:
+        err["request_id"] = request_id
     return {"error": err}
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    request_id = current_request_id()
+    if request_id is not None:  # a 500 is answered outside RequestIdMiddleware: the header goes on here
+        headers.setdefault(HEADER, request_id)
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
@@ -81,5 +90,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled %s on %s %s: %s", type(exc).__name__, request.method, request.url.path, exc)
+        log.error(
+            "unhandled %s on %s %s (request %s): %s",
+            type(exc).__name__,
+            request.method,
+            request.url.path,
+            current_request_id(),
+            exc,
+        )
         return error_response(500, "internal_error", "internal error; the request was logged")

@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
 import fmpn
 from app.errors import install_error_handlers
 from app.memory import limit_malloc_arenas
 from app.metrics import Metrics, MetricsMiddleware
+from app.request_id import HEADER, RequestIdMiddleware
 from app.routes import demo, health, models, predictions, results, videos
 from app.security import RateLimiter, check_api_key, check_rate_limit
 from app.service import Service
@@ -30,7 +32,8 @@ Facial-expression recognition with Facial Motion Prior Networks (FMPN).
 POST a photo to `/v1/predictions`; every face comes back with its box, landmarks, expression
 probabilities and the generated facial-motion mask. GET `/v1/predictions/{id}/overlay.png` to see
 them drawn on the photo. Results (and the photo) are kept in memory only, for `result_ttl_s` seconds.
-Errors are JSON `{"error": {"code", "message"}}`.
+Errors are JSON `{"error": {"code", "message", "request_id"}}`; every answer carries `X-Request-ID` (the
+caller's own, or a fresh one).
 """
 
 
@@ -80,6 +83,16 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(results.router, dependencies=guarded)
     app.include_router(videos.router, dependencies=guarded)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIdMiddleware)
+    if settings.cors_origins:  # outermost: a browser's preflight is answered before the key or the rate limit
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept", HEADER],
+            expose_headers=["Retry-After", HEADER],
+            max_age=600,
+        )
     return app
 
 

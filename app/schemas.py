@@ -22,6 +22,9 @@ CROP_HINT_MAX_SIDE = 256
 class ErrorDetail(BaseModel):
     code: str = Field(description="stable machine-readable reason, e.g. too_many_pixels")
     message: str = Field(description="what went wrong, naming the limit where one applies")
+    request_id: str | None = Field(
+        None, description="the request's X-Request-ID (the caller's, or a fresh one), also in the service's log"
+    )
 
 
 class ErrorResponse(BaseModel):

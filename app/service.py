@@ -21,6 +21,7 @@ from app.batching import BACKGROUND_PER_BATCH, Batcher, QueueFull
 from app.errors import DECODE_STATUS, ApiError
 from app.metrics import Metrics
 from app.render import encode_png, render_overlay
+from app.request_id import current_request_id
 from app.schemas import PredictionResponse, VideoFrameResult, prediction_response
 from app.settings import Settings
 from app.store import ResultStore, StoredResult
@@ -222,7 +223,7 @@ class Service:
         except QueueFull as exc:
             raise self._queue_full(exc) from None
         except Exception as exc:  # inference failed for this image: logged, answered as JSON
-            log.error("inference failed: %s: %s", type(exc).__name__, exc)
+            log.error("inference failed (request %s): %s: %s", current_request_id(), type(exc).__name__, exc)
             self.metrics.rejected.labels("inference_failed").inc()
             raise ApiError(500, "inference_failed", "inference failed for this image; the error was logged") from None
         self.metrics.images.labels("true" if prediction.detected else "false").inc()
@@ -350,7 +351,9 @@ class Service:
         except ApiError:
             raise
         except Exception as exc:
-            log.error("inference failed on a video frame: %s: %s", type(exc).__name__, exc)
+            log.error(
+                "inference failed on a video frame (request %s): %s: %s", current_request_id(), type(exc).__name__, exc
+            )
             self.metrics.rejected.labels("inference_failed").inc()
             raise ApiError(
                 500, "inference_failed", "inference failed for a frame of this video; the error was logged"

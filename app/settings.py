@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fmpn.checkpoint import released_weights
 from fmpn.precision import PRECISIONS
@@ -69,9 +69,21 @@ class Settings(BaseSettings):
     rate_limit_per_minute: float = Field(0.0, ge=0.0, description="requests per client per minute on /v1; 0 = off")
     rate_limit_burst: int | None = Field(None, ge=1, description="bucket size; default: one minute's worth")
     trust_forwarded_for: bool = Field(False, description="identify clients by X-Forwarded-For (behind a proxy)")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="web origins whose pages may call the API from a browser (CORS), comma-separated; "
+        "empty: none (the demo page is same-origin); *: any",
+    )
 
     # rendering
     mask_alpha: float = Field(0.45, ge=0.0, le=1.0, description="default heat-map opacity in overlays")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
 
     @field_validator("api_key", mode="before")
     @classmethod

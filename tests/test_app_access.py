@@ -4,6 +4,7 @@ missing / corrupt weights (the service stays up and says why), and result expiry
 from __future__ import annotations
 
 import logging
+import re
 import threading
 
 import pytest
@@ -51,6 +52,60 @@ def test_api_key_guards_every_v1_route() -> None:
             # outside /v1: no key needed (probes, scrapers, the demo page itself)
             for path in ("/healthz", "/readyz", "/metrics", "/"):
                 assert c.get(path).status_code == 200, path
+    finally:
+        srv.stop()
+
+
+def test_request_ids_on_every_answer() -> None:
+    srv = live_server()
+    try:
+        with srv.client() as c:
+            first, second = c.get("/healthz").headers["x-request-id"], c.get("/healthz").headers["x-request-id"]
+            assert re.fullmatch("[0-9a-f]{32}", first) and first != second  # a fresh one per request
+            r = post_photo(c, {"X-Request-ID": "trace-7.a:b"})  # the caller's own is kept ...
+            assert r.status_code == 200 and r.headers["x-request-id"] == "trace-7.a:b"
+            r = c.get("/v1/predictions/nope", headers={"X-Request-ID": "trace-8"})
+            assert r.status_code == 404 and error_of(r)["request_id"] == "trace-8"
+            for bad in ("x" * 129, "two words", "a/b"):  # ... unless it is not a plain token of <= 128 characters
+                r = c.get("/v1/predictions/nope", headers={"X-Request-ID": bad})
+                assert re.fullmatch("[0-9a-f]{32}", error_of(r)["request_id"]), bad
+            r = c.post("/v1/predictions", content=b"not an image", headers={"Content-Type": "image/jpeg"})
+            assert r.status_code == 400 and error_of(r)["code"] == "not_an_image"  # error_of: body id == header id
+            r = c.options("/v1/predictions", headers=_preflight("https://app.example"))
+            assert "access-control-allow-origin" not in r.headers  # no CORS unless FMPN_CORS_ORIGINS names origins
+    finally:
+        srv.stop()
+
+
+def _preflight(origin: str) -> dict[str, str]:
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key, content-type, x-request-id",
+    }
+
+
+def test_cors_lets_the_named_origins_call_from_a_browser() -> None:
+    srv = live_server(cors_origins=["https://app.example"], api_key="s3cret-key")
+    try:
+        with srv.client() as c:
+            r = c.options("/v1/predictions", headers=_preflight("https://app.example"))  # no key needed to ask
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+            assert {"x-api-key", "content-type", "x-request-id"} <= {
+                h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")
+            }
+            origin = {"Origin": "https://app.example"}
+            r = post_photo(c, {**origin, "X-API-Key": "s3cret-key"})
+            assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+            exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+            assert {"retry-after", "x-request-id"} <= exposed
+            r = post_photo(c, origin)  # the page can read why it was refused
+            assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "https://app.example"
+            assert error_of(r)["code"] == "missing_api_key"
+            r = c.options("/v1/predictions", headers=_preflight("https://elsewhere.example"))
+            assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
+            r = post_photo(c, {"Origin": "https://elsewhere.example", "X-API-Key": "s3cret-key"})
+            assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
     finally:
         srv.stop()
 

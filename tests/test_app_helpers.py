@@ -171,12 +171,13 @@ def live_server(wait_ready: bool = True, **overrides: Any) -> LiveServer:
 
 
 def error_of(response: httpx.Response) -> dict:
-    """The {"code", "message"} of a JSON error response (asserting its shape)."""
+    """The {"code", "message", "request_id"} of a JSON error response (asserting its shape)."""
     assert response.headers["content-type"].startswith("application/json"), response.text[:200]
     body = response.json()
     assert set(body) == {"error"}, body
     assert {"code", "message"} <= set(body["error"]), body
     assert "Traceback" not in body["error"]["message"]
+    assert body["error"]["request_id"] == response.headers["x-request-id"], body  # the id the log lines carry
     return body["error"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -39,6 +40,7 @@ def test_photos_batches_overlays_and_errors(server) -> None:
         with pytest.raises(ServiceError) as info:
             fmpn.predict(b"not an image")
         assert (info.value.status, info.value.code) == (400, "not_an_image")
+        assert re.fullmatch("[0-9a-f]{32}", info.value.request_id) and info.value.request_id in str(info.value)
         with pytest.raises(ServiceError) as info:
             fmpn.overlay("no-such-result")
         assert info.value.code == "result_not_found"

@@ -169,9 +169,11 @@ def test_a_detector_that_raises_on_a_request(server, caplog) -> None:
     try:
         with srv.client() as c:
             detector.detect_batch = lambda images: (_ for _ in ()).throw(RuntimeError("simulated MTCNN failure"))
-            r = c.post("/v1/predictions", content=photo_jpeg(PORTRAITS[0], 200), headers=JPEG)
+            traced = {**JPEG, "X-Request-ID": "t-42"}
+            r = c.post("/v1/predictions", content=photo_jpeg(PORTRAITS[0], 200), headers=traced)
             err = error_of(r)
             assert r.status_code == 500 and err["code"] == "inference_failed", r.text  # documented (openapi)
+            assert err["request_id"] == "t-42"  # and in the log line below
             assert "simulated" not in err["message"]  # the detail goes to the log, not to the client
             assert "500" in c.get("/openapi.json").json()["paths"]["/v1/predictions"]["post"]["responses"]
             r = c.post("/v1/predictions:batch", files=[("images", ("a.jpg", photo_jpeg(PORTRAITS[1], 200)))])
@@ -187,6 +189,7 @@ def test_a_detector_that_raises_on_a_request(server, caplog) -> None:
         detector.detect_batch = original
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("simulated MTCNN failure" in m for m in messages)
+    assert any("request t-42" in m for m in messages)
     assert all(r.exc_info is None for r in caplog.records)
 
 

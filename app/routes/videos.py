@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from app.errors import ApiError
+from app.errors import ApiError, error_body
 from app.routes.predictions import MAX_FACES_QUERY
 from app.schemas import ErrorResponse, VideoResponse
 from app.upload import VIDEO_TYPES, read_video
@@ -110,7 +110,7 @@ async def predict_video(
                 yield json_line("frame", frame)
             yield json_line("summary", analysis.summary())
         except ApiError as exc:  # the status is sent: the stream ends with the error as its last line
-            yield json_line("error", {"error": {"code": exc.code, "message": exc.message}})
+            yield json_line("error", error_body(exc.code, exc.message))
         finally:
             await events.aclose()
 
