@@ -126,46 +126,47 @@ def run_predict(args: argparse.Namespace) -> int:
     progress = tqdm(total=len(paths), unit="photo", disable=None if len(paths) > 1 else True, file=sys.stderr)
     try:
         for start, chunk in _chunks(paths, args.batch):
-            decoded: dict[Path, Any] = {}
-            done: dict[Path, BatchItem] = {}
-            for path in chunk:
+            # keyed by position: the same file named twice is two photos
+            decoded: dict[int, Any] = {}
+            done: dict[int, BatchItem] = {}
+            for i, path in enumerate(chunk, start):
                 try:
-                    decoded[path] = load_image_file(path, settings.max_pixels)
+                    decoded[i] = load_image_file(path, settings.max_pixels)
                 except ImageDecodeError as exc:
                     if single:
                         raise ValueError(f"{path}: {exc.message}") from None
-                    done[path] = BatchItem(index=0, error=ErrorDetail(code=exc.code, message=f"{path}: {exc.message}"))
+                    done[i] = BatchItem(index=i, error=ErrorDetail(code=exc.code, message=f"{path}: {exc.message}"))
             timings: dict[str, float] = {}
             ready = list(decoded)
             predictions = predictor.predict(
-                [decoded[p].rgb for p in ready], max_faces=limit, timings=timings, detect=not args.no_detect
+                [decoded[i].rgb for i in ready], max_faces=limit, timings=timings, detect=not args.no_detect
             )
-            for path, prediction in zip(ready, predictions, strict=True):
+            for i, prediction in zip(ready, predictions, strict=True):
+                path = paths[i]
                 response = prediction_response(
                     None,
                     prediction,
                     info,
                     include_mask=not args.no_mask,
                     max_faces=limit,
-                    warnings=decoded[path].warnings,
+                    warnings=decoded[i].warnings,
                     # a batch's timings are shared by its photos: given for a photo alone only
                     timings_ms={k: v * 1000 for k, v in timings.items() if k != "faces"} if len(ready) == 1 else {},
                 )
-                done[path] = BatchItem(index=0, result=response)
+                done[i] = BatchItem(index=i, result=response)
                 faces += len(prediction.faces)
                 if overlays:
                     target = out_dir / (relative[path] if path in relative else Path(path.name))
                     target = target.with_name(f"{target.stem}.overlay.png")
                     target.parent.mkdir(parents=True, exist_ok=True)
-                    image = render_overlay(decoded[path].rgb, prediction, predictor.classes, alpha=alpha)
+                    image = render_overlay(decoded[i].rgb, prediction, predictor.classes, alpha=alpha)
                     target.write_bytes(encode_png(image))
                     if not relative:
                         progress.write(
                             f"fmpn predict: {path}: {len(prediction.faces)} face(s), overlay {target}", file=sys.stderr
                         )
             for i, path in enumerate(chunk, start):  # in the photos' order, whatever failed
-                item = done[path]
-                item.index = i
+                item = done[i]
                 failed += item.result is None
                 if table is not None:
                     table.add(path, item)
