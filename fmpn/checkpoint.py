@@ -51,10 +51,28 @@ RELEASED_FILE = "fmpn-cpu-fer2013.safetensors"
 
 
 def released_weights() -> Path:
-    """The checkout's released file (``weights/``), wherever the command runs from; an installed wheel carries no
-    weights, so there the relative path ``weights/...`` stays and the caller names the file."""
-    released = Path(__file__).resolve().parents[1] / "weights" / RELEASED_FILE
-    return released if released.is_file() else Path("weights") / RELEASED_FILE
+    """The released file: the checkout's (``weights/``), wherever the command runs from, or the installed
+    package's (the wheel carries it as a data file); else the relative path ``weights/...``, which then names
+    what is missing in the error."""
+    checkout = Path(__file__).resolve().parents[1] / "weights" / RELEASED_FILE
+    if checkout.is_file():
+        return checkout
+    return _installed_weights() or Path("weights") / RELEASED_FILE
+
+
+def _installed_weights() -> Path | None:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("fmpn-fer")
+    except PackageNotFoundError:
+        return None
+    for record in dist.files or []:
+        if record.name == RELEASED_FILE:
+            path = Path(str(dist.locate_file(record))).resolve()
+            if path.is_file():
+                return path
+    return None
 
 
 @dataclass

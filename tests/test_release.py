@@ -159,3 +159,41 @@ def test_the_service_without_detection_scores_what_evaluate_scores(fer2013, tmp_
         srv.stop()
     assert direct["n"] == 42 and confusion.tolist() == direct["confusion"]
     assert no_face >= 1  # with detection some of these crops yield no face at all
+
+
+def test_a_wheel_carries_the_weights_and_predicts_offline_outside_the_checkout(tmp_path) -> None:
+    """`pip install` of the project (a wheel, no checkout around it) finds the released file it carries."""
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    source = tmp_path / "src"  # a copy: the build writes build/ and *.egg-info next to its sources
+    for part in ("fmpn", "training", "app", "cli", "weights"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(source)], check=True)
+    (wheel,) = tmp_path.glob("fmpn_fer-*.whl")
+    inside = "fmpn_fer-0.1.0.data/data/share/fmpn-fer/weights/fmpn-cpu-fer2013.safetensors"
+    digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
+    assert hashlib.sha256(zipfile.ZipFile(wheel).read(inside)).hexdigest() == digest
+    prefix = tmp_path / "prefix"
+    subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True)
+    site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    # The installed package, not this checkout: its dependencies come from this environment, no network.
+    script = (
+        "import fmpn.inference as i, numpy as np; p = i.Predictor(device='cpu', detect_max_side=320); "
+        "r = p.predict_images([np.full((48, 48, 3), 128, np.uint8)], detect=False)[0].faces[0]; "
+        "print(i.__file__); print(p.weights); print(p.sha256); print(r.label)"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    module, weights, sha, label = out.stdout.split()
+    assert module.startswith(str(site)) and weights.startswith(str(prefix / "share" / "fmpn-fer"))
+    assert sha == digest and label in FER2013
