@@ -13,7 +13,7 @@
 # (R580 or newer). Python 3.11: the version the project is developed and tested with.
 #
 # Multi-stage: the builder makes a venv at /opt/venv (compilers and pip caches stay behind); the runtime stage
-# copies only that venv and the weights. The project itself is installed as a regular (non-editable) package,
+# copies only that venv (the released weights are in it). The project itself is installed as a regular (non-editable) package,
 # so no source tree is needed at run time.
 
 FROM python:3.11-slim-bookworm AS builder
@@ -38,6 +38,8 @@ COPY fmpn/ fmpn/
 COPY training/ training/
 COPY app/ app/
 COPY cli/ cli/
+# The released weights (and their model card) install with the package, into /opt/venv/share/fmpn-fer/weights.
+COPY weights/ weights/
 RUN pip install -c constraints.txt . \
     && pip check \
     && python -c "import torch; assert torch.version.cuda and torch.version.cuda.startswith('13'), torch.version.cuda"
@@ -52,10 +54,9 @@ RUN groupadd --system --gid 10001 fmpn \
 # Owned by root and not writable by the service user: code and weights are read-only at run time.
 COPY --from=builder /opt/venv /opt/venv
 
-WORKDIR /app
-# The released weights are baked in. To serve others, mount a folder over it (read-only) and point
+# The released weights came in the venv, with the package. To serve others, mount a folder (read-only) and point
 # FMPN_WEIGHTS at the file:  -v "$PWD/my-weights:/app/weights:ro" -e FMPN_WEIGHTS=/app/weights/NAME.safetensors
-COPY weights/ /app/weights/
+WORKDIR /app
 
 # TORCH_FORCE_WEIGHTS_ONLY_LOAD: every torch.load in the process (facenet-pytorch's MTCNN weights included)
 # unpickles tensors only, whatever its caller asks. The service's own checkpoints are safetensors.
@@ -65,7 +66,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
-    FMPN_WEIGHTS=/app/weights/fmpn-cpu-fer2013.safetensors \
+    FMPN_WEIGHTS=/opt/venv/share/fmpn-fer/weights/fmpn-cpu-fer2013.safetensors \
     FMPN_DEVICE=auto
 
 # Numeric, so that Kubernetes runAsNonRoot can check it without a runAsUser.

@@ -206,10 +206,23 @@ def test_dockerfile_settings(kind: str, stages) -> None:
     assert env["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] == "1"  # no pickled objects, whoever calls torch.load
     fmpn_env = {k: v for k, v in env.items() if k.startswith("FMPN_")}
     _settings(**{_field(k): v for k, v in fmpn_env.items()})  # every FMPN_ variable is a valid setting
+    # The released weights are baked in by installing the package, which carries them (pyproject's data-files):
+    # the builder copies weights/ before `pip install .`, and FMPN_WEIGHTS names where the install put the file.
     weights = Path(fmpn_env["FMPN_WEIGHTS"])
     assert weights.name == Settings.model_fields["weights"].default.name
-    assert any(re.fullmatch(rf"weights/? {weights.parent}/?", v) for v in runtime.all("COPY")), "weights baked in"
-    assert runtime.last("WORKDIR") == str(weights.parent.parent)  # the relative default resolves there too
+    assert weights.parent == Path("/opt/venv") / _data_files_folder()
+    names = [(i, v) for i, v in builder.instructions if i in ("COPY", "RUN")]
+    copy_weights = names.index(("COPY", "weights/ weights/"))
+    assert any(i == "RUN" and "pip install" in v and " . " in v + " " for i, v in names[copy_weights:])
+
+
+def _data_files_folder() -> str:
+    """Where the wheel installs the released weights, relative to the environment (pyproject.toml)."""
+    import tomllib
+
+    data_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["data-files"]
+    (folder,) = [k for k, files in data_files.items() if any(f.endswith(".safetensors") for f in files)]
+    return folder
 
 
 def test_gpu_and_cpu_images_differ_only_in_torch_and_device(stages) -> None:
@@ -265,6 +278,7 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_else(stages) -> No
         ".env",
         "fmpn/__pycache__/x.pyc",
         "weights/notes.txt",
+        "weights/run/optimizer.safetensors.tmp",
         "shared/data/x",
     ]:
         assert dockerignored(path, patterns), f"{path} would be sent to the docker build"
@@ -279,13 +293,14 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_else(stages) -> No
         assert not dockerignored(source.rstrip("/") + ("/x.py" if source.endswith("/") else ""), patterns), source
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
     assert not dockerignored("weights/fmpn-cpu-fer2013.safetensors", patterns)
+    assert not dockerignored("weights/README.md", patterns)  # the model card installs with the weights
     assert not dockerignored("app/static/index.html", patterns)
 
 
 def test_release_weights_are_there_to_bake_in() -> None:
     default = ROOT / Settings.model_fields["weights"].default
     if not default.is_file():
-        pytest.skip(f"{default.relative_to(ROOT)} is not committed yet: `docker build` fails at COPY weights/")
+        pytest.skip(f"{default.relative_to(ROOT)} is not committed yet: `docker build` fails installing the package")
     assert default.stat().st_size > 0
 
 

@@ -181,7 +181,9 @@ def test_a_wheel_carries_the_weights_and_predicts_offline_outside_the_checkout(t
     digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
     assert hashlib.sha256(zipfile.ZipFile(wheel).read(inside)).hexdigest() == digest
     prefix = tmp_path / "prefix"
-    subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix), str(wheel)], check=True)
+    # --ignore-installed: with --prefix alone, pip uninstalls this environment's own (editable) fmpn-fer first
+    install = ["install", "--no-deps", "--ignore-installed", "--prefix", str(prefix), str(wheel)]
+    subprocess.run([*pip, *install], check=True)
     site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
     # The installed package, not this checkout: its dependencies come from this environment, no network.
     script = (
@@ -197,3 +199,5 @@ def test_a_wheel_carries_the_weights_and_predicts_offline_outside_the_checkout(t
     module, weights, sha, label = out.stdout.split()
     assert module.startswith(str(site)) and weights.startswith(str(prefix / "share" / "fmpn-fer"))
     assert sha == digest and label in FER2013
+    here = subprocess.run([sys.executable, "-c", "import app; print(app.__file__)"], capture_output=True, text=True)
+    assert here.stdout.strip() == str(ROOT / "app" / "__init__.py"), "the test's own environment was changed"
