@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.serve import _settings
+from cli.table import FaceTable
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -203,41 +204,19 @@ def _json_line(path: Path, item: Any) -> str:  # noqa: ANN401 - app.schemas.Batc
     return json.dumps({"photo": str(path), **body}) + "\n"
 
 
-class PhotoTable:
-    """One row a face, flushed batch by batch (a long folder's rows are on disk before it ends)."""
+class PhotoTable(FaceTable):
+    """A row a face: the photo, the face's index, its cells, and ``error`` for a photo that could not be read (a
+    photo with no face gets one row with an empty face, so every photo is accounted for)."""
 
     def __init__(self, path: str, classes: list[str]) -> None:
-        import csv
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
-        self.rows = csv.writer(self.file)
-        self.classes = classes
-        self.rows.writerow(["photo", "face", "x1", "y1", "x2", "y2", "score", "label", *classes, "error"])
+        super().__init__(path, ["photo", "face"], classes, ["error"])
 
     def add(self, photo: Path, item: Any) -> None:  # noqa: ANN401 - app.schemas.BatchItem
-        blank = [""] * (len(self.classes) + 7)
         if item.result is None:
-            self.rows.writerow([photo, *blank, f"{item.error.code}: {item.error.message}"])
+            self.write([photo, "", *self.blank, f"{item.error.code}: {item.error.message}"])
         elif not item.result.faces:
-            self.rows.writerow([photo, *blank, ""])
-        for face in item.result.faces if item.result is not None else []:
-            b = face.box
-            self.rows.writerow(
-                [
-                    photo,
-                    face.index,
-                    f"{b.x1:.1f}",
-                    f"{b.y1:.1f}",
-                    f"{b.x2:.1f}",
-                    f"{b.y2:.1f}",
-                    "" if face.score is None else f"{face.score:.4f}",
-                    face.label,
-                    *(f"{face.probabilities[c]:.6f}" for c in self.classes),
-                    "",
-                ]
-            )
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
+            self.write([photo, "", *self.blank, ""])
+        else:
+            for face in item.result.faces:
+                self.write([photo, face.index, *self.face(face), ""])
+        self.flush()

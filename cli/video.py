@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from cli.serve import _settings
+from cli.table import FaceTable
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,7 +77,7 @@ def run_video(args: argparse.Namespace) -> int:
     frames = sample_frames(path, fps, args.max_frames, settings.max_pixels)
     expected = frames_to_sample(info, fps)
     total = min(filter(None, (expected, args.max_frames)), default=None)
-    table = FaceTable(args.csv, predictor.classes) if args.csv else None
+    table = FrameTable(args.csv, predictor.classes) if args.csv else None
     # A progress bar on a terminal only (tqdm's disable=None), on stderr: stdout carries the JSON.
     progress = tqdm(total=total, unit="frame", desc=path.name, disable=None, file=sys.stderr, leave=False)
     try:
@@ -137,37 +138,13 @@ def _writer(path: str, shape: tuple[int, ...], fps: float):  # noqa: ANN202 - cv
     return writer
 
 
-class FaceTable:
-    """One row a face a frame, flushed as it goes (a long video's rows are on disk before it ends)."""
+class FrameTable(FaceTable):
+    """A row a face a frame: the frame, its time, the face's track, its cells."""
 
     def __init__(self, path: str, classes: list[str]) -> None:
-        import csv
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
-        self.rows = csv.writer(self.file)
-        self.classes = classes
-        self.rows.writerow(["frame", "time_s", "track", "x1", "y1", "x2", "y2", "score", "label", *classes])
+        super().__init__(path, ["frame", "time_s", "track"], classes)
 
     def add(self, frame) -> None:  # noqa: ANN001 - app.schemas.VideoFrameResult
         for face in frame.faces:
-            b = face.box
-            probs = [f"{face.probabilities[c]:.6f}" for c in self.classes]
-            self.rows.writerow(
-                [
-                    frame.frame,
-                    frame.time_s,
-                    face.track,
-                    f"{b.x1:.1f}",
-                    f"{b.y1:.1f}",
-                    f"{b.x2:.1f}",
-                    f"{b.y2:.1f}",
-                    "" if face.score is None else f"{face.score:.4f}",
-                    face.label,
-                    *probs,
-                ]
-            )
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
+            self.write([frame.frame, frame.time_s, face.track, *self.face(face)])
+        self.flush()

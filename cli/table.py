@@ -1,0 +1,45 @@
+"""The CLI's CSV output: a row a face, its box, detection score, label and every class's probability, after the
+columns that say where the face is (a photo, a video frame); flushed as it goes, so that a long run's rows are on
+disk before it ends."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+
+class FaceTable:
+    def __init__(self, path: str, lead: list[str], classes: list[str], tail: list[str] | None = None) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
+        self.rows = csv.writer(self.file)
+        self.classes = classes
+        self.rows.writerow([*lead, "x1", "y1", "x2", "y2", "score", "label", *classes, *(tail or [])])
+
+    def face(self, face: Any) -> list[str]:  # noqa: ANN401 - app.schemas.FaceResult or VideoFace
+        """The cells of one face, from its box on."""
+        b = face.box
+        return [
+            f"{b.x1:.1f}",
+            f"{b.y1:.1f}",
+            f"{b.x2:.1f}",
+            f"{b.y2:.1f}",
+            "" if face.score is None else f"{face.score:.4f}",
+            face.label,
+            *(f"{face.probabilities[c]:.6f}" for c in self.classes),
+        ]
+
+    @property
+    def blank(self) -> list[str]:
+        """Empty face cells (a photo with no face, or one that could not be read)."""
+        return [""] * (len(self.classes) + 6)
+
+    def write(self, cells: list[Any]) -> None:
+        self.rows.writerow(cells)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
