@@ -275,6 +275,7 @@ def test_dockerignore_keeps_what_the_build_copies_and_nothing_else(stages) -> No
         "tests/conftest.py",
         ".git/HEAD",
         "docker/fmpn.env",
+        "docker/monitoring/alerts.yaml",
         ".env",
         "fmpn/__pycache__/x.pyc",
         "weights/notes.txt",
