@@ -6,6 +6,7 @@ fake camera playing the group photo (runs/screenshots/demo-camera.png)."""
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +17,12 @@ import pytest
 from conftest import require_data
 from test_app_helpers import (
     GROUP,
+    PORTRAITS,
     live_server,
     metric_value,
     one_torch_thread,  # noqa: F401  (autouse)
     photo_array,
+    photo_jpeg,
 )
 
 CHROMIUM = Path(os.environ.get("FMPN_CHROMIUM", "/usr/bin/chromium"))
@@ -99,6 +102,39 @@ def test_demo_page_shows_bars_and_overlay(browser) -> None:
         page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "image/png", "buffer": b"not a png"}])
         page.wait_for_selector("#status.error", timeout=60_000)
         assert "not_an_image" in page.inner_text("#status")
+        page.close()
+    finally:
+        srv.stop()
+
+
+_TRANSFER = """([b64, name, type, event]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name, { type }));
+  const ev = event === "drop"
+    ? new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true })
+    : new ClipboardEvent("paste", { clipboardData: dt, bubbles: true, cancelable: true });
+  document.body.dispatchEvent(ev);
+}"""
+
+
+def test_demo_page_takes_a_dropped_or_pasted_photo(browser) -> None:
+    require_data("photos", f"{GROUP}.jpg")
+    srv = live_server()
+    try:
+        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        page.goto(srv.url + "/")
+        group = base64.b64encode(photo_jpeg(GROUP)).decode()
+        page.evaluate(_TRANSFER, [group, "group.jpg", "image/jpeg", "drop"])
+        page.wait_for_function("() => document.querySelectorAll('#faces .face').length === 6", timeout=120_000)
+        assert "6 faces found" in page.inner_text("#status")
+        portrait = base64.b64encode(photo_jpeg(PORTRAITS[1])).decode()
+        page.evaluate(_TRANSFER, [portrait, "image.png", "image/jpeg", "paste"])  # a screenshot or copied image
+        page.wait_for_function("() => document.querySelectorAll('#faces .face').length === 1", timeout=120_000)
+        assert "1 face found" in page.inner_text("#status")
+        page.evaluate(_TRANSFER, [base64.b64encode(b"notes").decode(), "notes.txt", "text/plain", "drop"])
+        page.wait_for_selector("#status.error", timeout=10_000)
+        assert "not a photo or a video" in page.inner_text("#status")
         page.close()
     finally:
         srv.stop()
