@@ -7,7 +7,6 @@ The model loads in the background after start-up; ``/healthz`` answers at once, 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 
 import fmpn
+from app import logs
 from app.errors import install_error_handlers
 from app.memory import limit_malloc_arenas
 from app.metrics import Metrics, MetricsMiddleware
@@ -96,23 +96,14 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     return app
 
 
-def _configure_logging() -> None:
-    logger = logging.getLogger("app")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-
-
 def _app_from_environment() -> FastAPI:
     try:
         settings = Settings()
     except ValidationError as exc:  # a clear message, not a stack trace
         problems = "; ".join(f"FMPN_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         raise SystemExit(f"fmpn service: invalid settings: {problems}") from None
+    logs.configure(settings.log_format)
     return create_app(settings)
 
 
-_configure_logging()
 app = _app_from_environment()

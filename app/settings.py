@@ -75,6 +75,11 @@ class Settings(BaseSettings):
         "empty: none (the demo page is same-origin); *: any",
     )
 
+    # logs
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: a JSON object a line (time, level, logger, message, request_id, ...)"
+    )
+
     # rendering
     mask_alpha: float = Field(0.45, ge=0.0, le=1.0, description="default heat-map opacity in overlays")
 

@@ -44,6 +44,7 @@ def _settings(args: argparse.Namespace, **extra: Any):
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app import logs
     from app.main import create_app
     from fmpn.checkpoint import load_checkpoint
 
@@ -62,6 +63,7 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
+        log_config=logs.uvicorn_config(settings.log_format),
         timeout_graceful_shutdown=10,
     )
     return 0

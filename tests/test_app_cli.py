@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -181,6 +182,35 @@ def _stop(proc: subprocess.Popen) -> str:
         proc.kill()
         out, _ = proc.communicate()
     return out
+
+
+@pytest.mark.parametrize("command", ["uvicorn", "fmpn serve"])
+def test_json_logs_carry_each_requests_id(command: str) -> None:
+    """FMPN_LOG_FORMAT=json: uvicorn's lines and the app's are JSON objects, access lines with the request's id."""
+    port = _free_port()
+    args = {
+        "uvicorn": ["-m", "uvicorn", "app.main:app", "--port", str(port)],
+        "fmpn serve": ["-m", "cli.main", "serve", "--port", str(port)],
+    }[command]
+    env = {"FMPN_LOG_FORMAT": "json", "FMPN_WEIGHTS": str(checkpoint_path()), "FMPN_COMPILE": "off"}
+    proc = _start(args, env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait(url, proc, "ready")
+        assert httpx.get(url + "/v1/models", headers={"X-Request-ID": "t-json"}).status_code == 200
+        bad = httpx.post(url + "/v1/predictions", content=b"nope", headers={"X-Request-ID": "t-bad"})
+        assert bad.status_code == 400
+    finally:
+        out = _stop(proc)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert not [line for line in lines if re.match(r"(INFO|WARNING|ERROR):", line)], out[-2000:]  # no text lines
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    loggers = {e["logger"] for e in entries}
+    assert {"uvicorn.error", "uvicorn.access", "app"} <= loggers, loggers
+    assert all({"time", "level", "logger", "message"} <= set(e) for e in entries)
+    access = {e.get("request_id"): e for e in entries if e["logger"] == "uvicorn.access"}
+    assert access["t-json"]["path"] == "/v1/models" and access["t-json"]["status"] == 200
+    assert access["t-bad"]["method"] == "POST" and access["t-bad"]["status"] == 400
 
 
 def test_fmpn_serve_process() -> None:
