@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -603,3 +604,18 @@ def test_neutral_faces_train_an_extra_class_and_tests_count_ck_classes(ckplus48,
     # Neutral faces belong to CK+ folds only.
     with pytest.raises(ValueError, match="needs --layout ckplus48"):
         load_splits(DataConfig(layout="folder", root=str(ckplus48), neutral=str(out)))
+
+
+def test_calibration_measures_how_far_the_top_probability_holds() -> None:
+    from training.evaluate import calibration, score
+
+    # 4 faces at 0.75, 3 right: calibrated there; 2 at 0.95, both wrong: a 0.95 gap on a third of the faces
+    probs = torch.tensor([[0.75, 0.25]] * 4 + [[0.05, 0.95]] * 2, dtype=torch.float64)
+    labels = torch.tensor([0, 0, 0, 1, 0, 0])
+    mean, ece, nll = calibration(probs, labels)
+    assert mean == pytest.approx((4 * 0.75 + 2 * 0.95) / 6)
+    assert ece == pytest.approx(2 / 6 * 0.95)
+    expected_nll = -(3 * math.log(0.75) + math.log(0.25) + 2 * math.log(0.05)) / 6
+    assert nll == pytest.approx(expected_nll)
+    result = score(probs, labels, ["a", "b"])
+    assert result.ece == pytest.approx(ece) and "expected calibration error 0.3167" in result.format()

@@ -27,13 +27,24 @@ class EvalResult:
     skipped_images: int
     # ``--detect``: per true class, images in which no face was found (counted wrong; not in ``confusion``)
     no_face: list[int] = field(default_factory=list)
+    # How far the top probability can be trusted (None where only counts were summed, as over folds):
+    # its mean, the expected calibration error over ECE_BINS equal bins of it, and the mean -log p(true class).
+    mean_confidence: float | None = None
+    ece: float | None = None
+    nll: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def format(self) -> str:
         width = max(len(c) for c in self.classes)
-        lines = [f"accuracy {self.accuracy:.4f} ({round(self.accuracy * self.n)}/{self.n})", "", "per-class recall:"]
+        lines = [f"accuracy {self.accuracy:.4f} ({round(self.accuracy * self.n)}/{self.n})"]
+        if self.ece is not None:
+            lines.append(
+                f"calibration: mean top probability {self.mean_confidence:.4f}, expected calibration error "
+                f"{self.ece:.4f} ({ECE_BINS} bins), NLL {self.nll:.4f}" + (" (faces found)" if self.no_face else "")
+            )
+        lines += ["", "per-class recall:"]
         missing = self.no_face or [0] * len(self.classes)
         for name, recall, row, none in zip(self.classes, self.per_class_recall, self.confusion, missing, strict=True):
             shown = "   -  " if recall is None else f"{recall:.4f}"
@@ -206,7 +217,27 @@ def score(
     seen, missed = labels[found], labels[~found]
     confusion = torch.bincount(seen * k + probs[found].argmax(1), minlength=k * k).view(k, k)
     no_face = torch.bincount(missed, minlength=k).tolist()
-    return from_confusion(confusion.tolist(), classes, skipped_classes, skipped_images, no_face)
+    result = from_confusion(confusion.tolist(), classes, skipped_classes, skipped_images, no_face)
+    if len(seen):
+        result.mean_confidence, result.ece, result.nll = calibration(probs[found].double(), seen)
+    return result
+
+
+ECE_BINS = 15
+
+
+def calibration(probs: Tensor, labels: Tensor) -> tuple[float, float, float]:
+    """(mean top probability, expected calibration error, negative log-likelihood) of (N, C) probabilities: the
+    ECE is the gap between accuracy and mean top probability in ECE_BINS equal bins of it, weighted by their size."""
+    confidence, predicted = probs.max(1)
+    right = (predicted == labels).double()
+    bins = (confidence * ECE_BINS).ceil().clamp(1, ECE_BINS).long() - 1
+    ece = 0.0
+    for b in bins.unique():
+        inside = bins == b
+        ece += inside.double().mean().item() * abs(right[inside].mean().item() - confidence[inside].mean().item())
+    nll = -probs[torch.arange(len(labels)), labels].clamp_min(1e-12).log().mean().item()
+    return confidence.mean().item(), ece, nll
 
 
 def detect_probabilities(
