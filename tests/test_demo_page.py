@@ -228,6 +228,11 @@ def test_demo_page_classifies_the_camera_live(playwright, tmp_path) -> None:
             assert sorted(int(t.split(":")[0].removeprefix("Face ")) for t in titles) == list(range(6)), titles
             assert all("smoothed" in t for t in titles)
             assert page.evaluate("() => window.fmpnLive.nextId") == 6
+            page.wait_for_function(  # each card shows the face's motion mask of the last frame
+                "() => [...document.querySelectorAll('#faces img.mask')]"
+                ".filter(m => m.naturalWidth === 64).length === 6",
+                timeout=30_000,
+            )
             painted = page.evaluate(
                 "() => { const c = document.getElementById('boxes');"
                 " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
