@@ -12,7 +12,7 @@ from fmpn.checkpoint import released_weights
 from fmpn.precision import PRECISIONS
 from fmpn.video import DEFAULT_FPS
 
-DEFAULT_WEIGHTS = released_weights()  # FMPN_WEIGHTS names another file (an installed wheel carries none)
+DEFAULT_WEIGHTS = released_weights()  # the checkout's or the installed package's file; FMPN_WEIGHTS names another
 
 
 class Settings(BaseSettings):
