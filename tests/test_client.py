@@ -1,7 +1,9 @@
-"""``app.client.Client`` against the real server on 127.0.0.1: every call, the waits it makes, the errors it raises."""
+"""``app.client.Client`` and ``AsyncClient`` against the real server on 127.0.0.1: every call, the waits they make,
+the errors they raise."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 
@@ -15,7 +17,7 @@ from test_app_helpers import (
     photo_jpeg,
 )
 
-from app.client import Client, ServiceError
+from app.client import AsyncClient, Client, ServiceError
 
 
 @pytest.fixture(scope="module")
@@ -82,5 +84,48 @@ def test_an_api_key_is_sent() -> None:
         assert (info.value.status, info.value.code) == (401, "missing_api_key")
         with Client(srv.url, api_key="s3cret") as fmpn:
             assert fmpn.models()[0]["classes"][0] == "angry"
+    finally:
+        srv.stop()
+
+
+def test_the_async_client_makes_the_same_calls_concurrently(server) -> None:
+    clip = require_data("photos", "clip-multiface.mp4")
+
+    async def run() -> None:
+        async with AsyncClient(server.url) as fmpn:
+            assert await fmpn.ready() and (await fmpn.models())[0]["name"] == "random-cpu"
+            # three photos at once: the service batches them; each gets its own faces
+            group, one, two = await asyncio.gather(
+                fmpn.predict(photo_jpeg(GROUP)),
+                fmpn.predict(photo_jpeg(PORTRAITS[0]), mask=False, keep=False),
+                fmpn.predict(photo_jpeg(PORTRAITS[1]), max_faces=1),
+            )
+            assert [len(r["faces"]) for r in (group, one, two)] == [6, 1, 1] and one["id"] is None
+            png = await fmpn.overlay(group["id"], max_side=320)
+            assert png.startswith(b"\x89PNG")
+            items = await fmpn.predict_batch([photo_jpeg(PORTRAITS[0]), b"not an image"], mask=False)
+            assert items[1]["error"]["code"] == "not_an_image"
+            lines = [line async for line in fmpn.stream_video(clip, fps=5)]
+            assert [line["type"] for line in lines] == ["video"] + ["frame"] * 6 + ["summary"]
+            assert (await fmpn.predict_video(clip, fps=5))["tracks"] == lines[-1]["tracks"]
+            with pytest.raises(ServiceError) as info:
+                await fmpn.predict(b"not an image")
+            assert (info.value.status, info.value.code) == (400, "not_an_image") and info.value.request_id
+
+    asyncio.run(run())
+
+
+def test_the_async_client_waits_out_a_rate_limit() -> None:
+    srv = live_server(rate_limit_per_minute=30, rate_limit_burst=1)
+
+    async def run() -> float:
+        async with AsyncClient(srv.url, max_wait_s=60) as fmpn:
+            assert (await fmpn.predict(photo_jpeg(PORTRAITS[1]), mask=False))["faces"]
+            t0 = time.monotonic()
+            assert (await fmpn.predict(photo_jpeg(PORTRAITS[1]), mask=False))["faces"]  # 429 first, then waits
+            return time.monotonic() - t0
+
+    try:
+        assert asyncio.run(run()) >= 1.0
     finally:
         srv.stop()
