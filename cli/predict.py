@@ -75,7 +75,7 @@ def photo_paths(inputs: list[str]) -> tuple[list[Path], dict[Path, Path]]:
                 p
                 for p in path.rglob("*")
                 if p.suffix.lower() in IMAGE_SUFFIXES
-                and p.is_file()
+                and not p.is_dir()  # a dangling link is listed, and reported as unreadable
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
             if not found:
@@ -133,10 +133,13 @@ def run_predict(args: argparse.Namespace) -> int:
             for i, path in enumerate(chunk, start):
                 try:
                     decoded[i] = load_image_file(path, settings.max_pixels)
-                except ImageDecodeError as exc:
+                except (ImageDecodeError, OSError) as exc:  # not an image, or not readable (permissions, I/O)
+                    code, message = (
+                        (exc.code, exc.message) if isinstance(exc, ImageDecodeError) else ("unreadable_file", str(exc))
+                    )
                     if single:
-                        raise ValueError(f"{path}: {exc.message}") from None
-                    done[i] = BatchItem(index=i, error=ErrorDetail(code=exc.code, message=f"{path}: {exc.message}"))
+                        raise ValueError(f"{path}: {message}") from None
+                    done[i] = BatchItem(index=i, error=ErrorDetail(code=code, message=f"{path}: {message}"))
             timings: dict[str, float] = {}
             ready = list(decoded)
             predictions = predictor.predict(

@@ -87,20 +87,23 @@ def test_predict_walks_folders_into_a_table_and_json_lines(fast_env, tmp_path, c
         (where / f"{name}.jpg").symlink_to(require_data("photos", f"{name}.jpg"))
     (folder / ".hidden" / "x.jpg").symlink_to(require_data("photos", f"{PORTRAITS[2]}.jpg"))
     (folder / "more" / "bad.jpg").write_bytes(b"not a photo")
+    (folder / "more" / "broken.png").symlink_to(tmp_path / "gone.png")  # a dangling link: cannot be read
     (folder / "notes.txt").write_text("not an image")
     table, out = tmp_path / "faces.csv", tmp_path / "overlays"
     argv = ["predict", str(folder), "--csv", str(table), "--jsonl", "--no-mask", "--batch", "2", "--out-dir", str(out)]
-    assert main(argv) == 1  # one photo unreadable
+    assert main(argv) == 1  # two photos unreadable
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    expected = [f"{GROUP}.jpg", "more/bad.jpg", f"more/{PORTRAITS[1]}.jpg", f"{PORTRAITS[0]}.jpg"]
+    expected = [f"{GROUP}.jpg", "more/bad.jpg", "more/broken.png", f"more/{PORTRAITS[1]}.jpg", f"{PORTRAITS[0]}.jpg"]
     assert [str(Path(line["photo"]).relative_to(folder)) for line in lines] == expected
     assert lines[1]["error"]["code"] == "not_an_image" and "result" not in lines[1]
+    assert lines[2]["error"]["code"] == "unreadable_file" and "No such file" in lines[2]["error"]["message"]
     assert [len(line["result"]["faces"]) for line in lines if "result" in line] == [6, 1, 1]
     import csv
 
     rows = list(csv.DictReader(table.open()))
     assert [Path(r["photo"]).name for r in rows] == [f"{GROUP}.jpg"] * 6 + [n.split("/")[-1] for n in expected[1:]]
     assert rows[6]["error"].startswith("not_an_image") and rows[6]["face"] == ""
+    assert rows[7]["error"].startswith("unreadable_file")
     assert all(abs(sum(float(r[c]) for c in FER2013_CLASSES) - 1) < 1e-4 for r in rows if r["face"])
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == [
         f"{GROUP}.overlay.png",
@@ -117,7 +120,7 @@ def test_predict_walks_folders_into_a_table_and_json_lines(fast_env, tmp_path, c
     monkeypatch.chdir(tmp_path)
     assert main(["predict", str(folder / "more"), "--no-mask", "--indent", "0"]) == 1
     captured = capsys.readouterr()
-    assert [item["index"] for item in json.loads(captured.out)["results"]] == [0, 1]
+    assert [item["index"] for item in json.loads(captured.out)["results"]] == [0, 1, 2]
     assert "no overlays for a folder without --out-dir" in captured.err and not list(tmp_path.glob("*.png"))
     (tmp_path / "empty").mkdir()
     assert main(["predict", str(tmp_path / "empty")]) == 2
