@@ -1,8 +1,8 @@
 """The demo page's camera mode through the real server (not a test): one frame in flight at a time, sent as a
-JPEG with ``?keep=false`` (the masks come inline), as the page sends it. What size to send a frame at: each photo is rescaled
-to a frame of ``--sides`` px on its long side (the page sends at most 640), frames are posted back to back,
-interleaved over the sizes so that the machine's noise falls on all alike; p50/p95 round trip and the frames a
-second one camera gets, with the server's own detect/model split.
+JPEG with ``?keep=false`` (the masks come inline), as the page sends it. What size to send a frame at: each photo
+is rescaled to ``--sides`` px on its long side (the page sends 320-960, keeping the smallest face near 60 px),
+frames are posted back to back, interleaved over the sizes so that the machine's noise falls on all alike;
+p50/p95 round trip and the frames a second one camera gets, with the server's own detect/model split.
 
     python bench/bench_camera.py --threads 2
 """
@@ -38,7 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_server_args(p)
     p.add_argument("--compile", choices=["auto", "on", "off"], default="off", help="FMPN_COMPILE")
-    p.add_argument("--sides", type=int, nargs="+", default=[1280, 960, 640], help="frame sizes, long side px")
+    p.add_argument("--sides", type=int, nargs="+", default=[1280, 960, 640, 480, 320], help="frame sizes, long side px")
     p.add_argument("--frames", type=int, default=20, help="frames per photo and size")
     args = p.parse_args()
     import httpx

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,16 @@ def test_demo_page_classifies_the_camera_live(playwright, tmp_path) -> None:
             assert sorted(int(t.split(":")[0].removeprefix("Face ")) for t in titles) == list(range(6)), titles
             assert all("smoothed" in t for t in titles)
             assert page.evaluate("() => window.fmpnLive.nextId") == 6
+            # frames go out as small as the faces allow: the smallest face near 60 px, 320-960 px a side
+            box = "(w) => ({box: {x1: 0, x2: w}})"
+            sides = page.evaluate(
+                f"() => {{ const f = {box}; const n = window.fmpnNextSide;"
+                " return [n(640, []), n(640, [f(150), f(300)]), n(640, [f(45)]), n(900, [f(10)])]; }"
+            )
+            assert sides == [640, 320, 864, 960]
+            side = page.evaluate("() => window.fmpnLive.side")
+            assert 640 < side <= 960, side  # the group's faces are about 50 px at 640: sent larger, all six found
+            assert re.search(r"ms a frame of \d+ px", page.inner_text("#status"))
             page.wait_for_function(  # each card shows the face's motion mask of the last frame
                 "() => [...document.querySelectorAll('#faces img.mask')]"
                 ".filter(m => m.naturalWidth === 64).length === 6",
