@@ -54,6 +54,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "face gets one row with an empty face, a photo that cannot be read one row with its error",
     )
     predict.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --csv: go on with an existing table, skipping the photos it already has (a long folder run that "
+        "was stopped); the new rows are appended",
+    )
+    predict.add_argument(
         "--jsonl",
         action="store_true",
         help='print one JSON line a photo as it is done ({"photo", "result"} or {"photo", "error"}) instead of '
@@ -111,6 +117,17 @@ def run_predict(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     paths, relative = photo_paths(args.photos)
+    done_before = 0
+    if args.resume:
+        if not args.csv:
+            raise ValueError("--resume goes on with the table of --csv: name it")
+        seen = PhotoTable.photos_in(args.csv)
+        kept = [p for p in paths if str(p) not in seen]
+        done_before = len(paths) - len(kept)
+        if not kept:
+            print(f"fmpn predict: all {len(paths)} photos are in {args.csv} already", file=sys.stderr)
+            return 0
+        paths = kept
     single = len(paths) == 1 and not relative
     overlays = not args.no_overlay and (args.out_dir is not None or not relative)
     out_dir = Path(args.out_dir or ".")
@@ -120,7 +137,7 @@ def run_predict(args: argparse.Namespace) -> int:
     info = predictor.info()
     limit = args.max_faces or settings.max_faces
     alpha = settings.mask_alpha if args.alpha is None else args.alpha
-    table = PhotoTable(args.csv, predictor.classes) if args.csv else None
+    table = PhotoTable(args.csv, predictor.classes, append=args.resume) if args.csv else None
     items: list[BatchItem] = []  # only for the JSON document printed at the end
     failed = faces = 0
     t0 = time.perf_counter()
@@ -191,9 +208,11 @@ def run_predict(args: argparse.Namespace) -> int:
             print(items[0].result.model_dump_json(indent=indent))
         else:
             print(BatchResponse(results=items).model_dump_json(indent=indent))
-    if len(paths) > 1:
+    if not single:
         print(
-            f"fmpn predict: {len(paths)} photos ({failed} unreadable) in {seconds:.1f} s "
+            f"fmpn predict: {len(paths)} photos ({failed} unreadable"
+            + (f"; {done_before} in the table before" if done_before else "")
+            + f") in {seconds:.1f} s "
             f"({len(paths) / max(seconds, 1e-9):.1f} photos/s), {faces} faces"
             + (f", overlays in {out_dir}" if overlays else "")
             + (f", table {args.csv}" if args.csv else ""),
@@ -211,8 +230,18 @@ class PhotoTable(FaceTable):
     """A row a face: the photo, the face's index, its cells, and ``error`` for a photo that could not be read (a
     photo with no face gets one row with an empty face, so every photo is accounted for)."""
 
-    def __init__(self, path: str, classes: list[str]) -> None:
-        super().__init__(path, ["photo", "face"], classes, ["error"])
+    def __init__(self, path: str, classes: list[str], append: bool = False) -> None:
+        super().__init__(path, ["photo", "face"], classes, ["error"], append=append)
+
+    @staticmethod
+    def photos_in(path: str) -> set[str]:
+        """The photos an earlier run wrote rows for (none if there is no table yet)."""
+        import csv
+
+        if not Path(path).is_file():
+            return set()
+        with open(path, newline="") as f:
+            return {row["photo"] for row in csv.DictReader(f) if row.get("photo")}
 
     def add(self, photo: Path, item: Any) -> None:  # noqa: ANN401 - app.schemas.BatchItem
         if item.result is None:

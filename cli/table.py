@@ -10,12 +10,24 @@ from typing import Any
 
 
 class FaceTable:
-    def __init__(self, path: str, lead: list[str], classes: list[str], tail: list[str] | None = None) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(path, "w", newline="")  # noqa: SIM115 - closed by close()
+    def __init__(
+        self, path: str, lead: list[str], classes: list[str], tail: list[str] | None = None, append: bool = False
+    ) -> None:
+        """``append``: go on with an existing table (its header must be this one) instead of starting anew."""
+        header = [*lead, "x1", "y1", "x2", "y2", "score", "label", *classes, *(tail or [])]
+        target = Path(path)
+        append = append and target.is_file() and target.stat().st_size > 0
+        if append:
+            with target.open(newline="") as f:
+                found = next(csv.reader(f), [])
+            if found != header:
+                raise ValueError(f"{path} has other columns ({', '.join(found[:9])}, ...): not a table to go on with")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(target, "a" if append else "w", newline="")  # noqa: SIM115 - closed by close()
         self.rows = csv.writer(self.file)
         self.classes = classes
-        self.rows.writerow([*lead, "x1", "y1", "x2", "y2", "score", "label", *classes, *(tail or [])])
+        if not append:
+            self.rows.writerow(header)
 
     def face(self, face: Any) -> list[str]:  # noqa: ANN401 - app.schemas.FaceResult or VideoFace
         """The cells of one face, from its box on."""

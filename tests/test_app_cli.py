@@ -127,6 +127,35 @@ def test_predict_walks_folders_into_a_table_and_json_lines(fast_env, tmp_path, c
     assert "no images" in capsys.readouterr().err
 
 
+def test_predict_resumes_a_folders_table(fast_env, tmp_path, capsys) -> None:
+    """A run stopped part way: --resume skips the photos the table has and appends the rest's rows."""
+    import csv
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in (PORTRAITS[0], PORTRAITS[1]):
+        (folder / f"{name}.jpg").symlink_to(require_data("photos", f"{name}.jpg"))
+    table = tmp_path / "faces.csv"
+    assert main(["predict", str(folder), "--csv", str(table), "--jsonl", "--no-mask"]) == 0
+    capsys.readouterr()
+    (folder / f"{GROUP}.jpg").symlink_to(require_data("photos", f"{GROUP}.jpg"))  # arrives later
+    assert main(["predict", str(folder), "--csv", str(table), "--jsonl", "--no-mask", "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line)["photo"] for line in captured.out.splitlines()] == [str(folder / f"{GROUP}.jpg")]
+    assert "2 in the table before" in captured.err
+    rows = list(csv.DictReader(table.open()))
+    photos = [Path(r["photo"]).name for r in rows]
+    assert photos == [f"{PORTRAITS[0]}.jpg", f"{PORTRAITS[1]}.jpg"] + [f"{GROUP}.jpg"] * 6
+    assert main(["predict", str(folder), "--csv", str(table), "--resume"]) == 0  # nothing left to do
+    assert "all 3 photos are in" in capsys.readouterr().err and len(list(csv.DictReader(table.open()))) == 8
+    other = tmp_path / "other.csv"
+    other.write_text("frame,time_s,track\n")
+    assert main(["predict", str(folder), "--csv", str(other), "--resume"]) == 2
+    assert "other columns" in capsys.readouterr().err
+    assert main(["predict", str(folder), "--resume"]) == 2
+    assert "--resume goes on with the table of --csv" in capsys.readouterr().err
+
+
 def test_predict_uses_the_released_weights_from_any_folder(monkeypatch, tmp_path, capsys) -> None:
     """A fresh clone predicts with its own weights even when the command runs outside the checkout."""
     photo = require_data("photos", f"{PORTRAITS[1]}.jpg")
