@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import onnx
 import pytest
@@ -118,3 +119,26 @@ def test_export_errors_are_one_line(tmp_path, exported, capsys) -> None:
     err = capsys.readouterr().err.strip()
     assert "unknown export format 'tflite'" in err and "onnx, torchscript" in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_released_ensemble_exports_and_answers_as_served(fer2013, tmp_path) -> None:
+    """The default model users get (three models, int4 storage, mirror averaging) through ``fmpn export``: the ONNX
+    file gives the PyTorch ensemble's outputs on real FER2013 faces, and says to average the mirror image."""
+    from fmpn.data import folder_samples
+    from training.data import make_dataset
+    from training.evaluate import remap
+
+    weights = Path(__file__).resolve().parents[1] / "weights" / "fmpn-cpu-fer2013.safetensors"
+    out = tmp_path / "release.onnx"
+    assert main(["export", str(weights), "--format", "onnx", "--out", str(out)]) == 0
+    ckpt = load_checkpoint(weights)
+    split, _, _ = remap(folder_samples(fer2013 / "val"), ckpt.classes)
+    split.samples[:] = split.samples[::224][:16]  # every class
+    dataset = make_dataset(split, ckpt.members[0], None, train=False)
+    rgb = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    model = ckpt.build_model().eval()
+    err_logits, err_mask = max_errors(model, out, "onnx", rgb)
+    assert err_logits < ATOL_LOGITS and err_mask < ATOL_MASK
+    meta = read_export_metadata(out)
+    assert meta["profile"] == "cpu-fine+cpu+cpu" and json.loads(meta["flip_average"]) is True
+    assert json.loads(meta["classes"]) == ckpt.classes
