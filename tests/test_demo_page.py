@@ -108,6 +108,11 @@ def test_demo_page_shows_bars_and_overlay(browser) -> None:
         srv.stop()
 
 
+# Pixels drawn on each face card's timeline canvas.
+_PAINTED_TIMELINES = """() => [...document.querySelectorAll('#faces canvas.timeline')].map((c) => {
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; })"""
+
 _TRANSFER = """([b64, name, type, event]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const dt = new DataTransfer();
@@ -158,6 +163,15 @@ def test_demo_page_streams_a_video_and_lists_its_faces(browser) -> None:
         titles = cards.locator("h2").all_inner_texts()
         assert all(t.startswith("Face ") and "averaged" in t for t in titles), titles
         assert all("analysed frame" in w for w in cards.locator(".when").all_inner_texts())
+        # a face seen in two frames or more has its expressions drawn over time, a line a class
+        painted = page.evaluate(_PAINTED_TIMELINES)
+        frames = [int(re.search(r"in (\d+) analysed", w).group(1)) for w in cards.locator(".when").all_inner_texts()]
+        assert len(painted) == sum(n >= 2 for n in frames) >= 4 and min(painted) > 100, (painted, frames)
+        timeline = page.locator("#faces canvas.timeline").first  # over the whole clip: a click seeks to its moment
+        box = timeline.bounding_box()
+        timeline.click(position={"x": box["width"] * 0.5, "y": box["height"] / 2})
+        seeked = page.evaluate("() => document.getElementById('video').currentTime")
+        assert abs(seeked - 0.5 * 4.2) < 0.15, seeked
         widths = [
             float(w.rstrip("%")) for w in cards.first.locator(".bar").evaluate_all("els => els.map(e => e.style.width)")
         ]
@@ -229,6 +243,8 @@ def test_demo_page_classifies_the_camera_live(playwright, tmp_path) -> None:
             assert sorted(int(t.split(":")[0].removeprefix("Face ")) for t in titles) == list(range(6)), titles
             assert all("smoothed" in t for t in titles)
             assert page.evaluate("() => window.fmpnLive.nextId") == 6
+            painted = page.evaluate(_PAINTED_TIMELINES)  # each face's smoothed expressions over its last frames
+            assert len(painted) == 6 and min(painted) > 100, painted
             # frames go out as small as the faces allow: the smallest face near 60 px, 320-960 px a side
             box = "(w) => ({box: {x1: 0, x2: w}})"
             sides = page.evaluate(
