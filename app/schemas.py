@@ -31,6 +31,11 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+def error_responses(described: dict[int, str]) -> dict[int, dict[str, Any]]:
+    """A route's error answers for its OpenAPI ``responses``: each status with the JSON error body and what it means."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in described.items()}
+
+
 class Box(BaseModel):
     x1: float
     y1: float

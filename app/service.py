@@ -179,18 +179,20 @@ class Service:
         try:
             return await anyio.to_thread.run_sync(decode_image, data, self.settings.max_pixels)
         except ImageDecodeError as exc:
-            self.metrics.rejected.labels(exc.code).inc()
-            raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+            raise self._undecodable(exc) from None
         finally:
             self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - t0)
 
-    def _queue_full(self, exc: QueueFull) -> ApiError:
+    def _undecodable(self, exc: ImageDecodeError | VideoDecodeError) -> ApiError:
+        """An upload that cannot be decoded: counted by its reason, answered with its status."""
+        self.metrics.rejected.labels(exc.code).inc()
+        return ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message)
+
+    def queue_full(self, detail: str, retry_after: int) -> ApiError:
+        """The 503 for work the inference queue has no room for: counted, with the wait to retry after."""
         self.metrics.rejected.labels("queue_full").inc()
         return ApiError(
-            503,
-            "queue_full",
-            f"the service is busy: the inference queue is full (queue_size={exc.size}); retry later",
-            {"Retry-After": str(exc.retry_after)},
+            503, "queue_full", f"the service is busy: {detail}; retry later", {"Retry-After": str(retry_after)}
         )
 
     async def predict(
@@ -221,7 +223,7 @@ class Service:
         except ApiError:
             raise
         except QueueFull as exc:
-            raise self._queue_full(exc) from None
+            raise self.queue_full(f"the inference queue is full (queue_size={exc.size})", exc.retry_after) from None
         except Exception as exc:  # inference failed for this image: logged, answered as JSON
             log.error("inference failed (request %s): %s: %s", current_request_id(), type(exc).__name__, exc)
             self.metrics.rejected.labels("inference_failed").inc()
@@ -286,8 +288,7 @@ class Service:
             try:
                 info = await anyio.to_thread.run_sync(probe_video, path)
             except VideoDecodeError as exc:
-                self.metrics.rejected.labels(exc.code).inc()
-                raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+                raise self._undecodable(exc) from None
             analysis = VideoAnalysis(info, self.model_info, fps, frames_cap, include_mask, keep_frames)
             timings = analysis.timings
             timings.update(decode=0.0, queue=0.0, detect=0.0, model=0.0)
@@ -301,8 +302,7 @@ class Service:
                             lambda: list(itertools.islice(frames, BACKGROUND_PER_BATCH))
                         )
                     except VideoDecodeError as exc:
-                        self.metrics.rejected.labels(exc.code).inc()
-                        raise ApiError(DECODE_STATUS.get(exc.code, 400), exc.code, exc.message) from None
+                        raise self._undecodable(exc) from None
                     timings["decode"] += time.perf_counter() - t1
                     if first:  # the first frames decoded: the video is good (limits checked, frames readable)
                         yield analysis
@@ -331,13 +331,10 @@ class Service:
         deadline = loop.time() + VIDEO_QUEUE_WAIT_S
         while self.batcher.room < len(chunk):
             if loop.time() > deadline:
-                self.metrics.rejected.labels("queue_full").inc()
-                raise ApiError(
-                    503,
-                    "queue_full",
-                    f"the service is busy: the inference queue (queue_size={self.settings.queue_size}) had no room for "
-                    f"the video's frames for {VIDEO_QUEUE_WAIT_S:g} s; retry later",
-                    {"Retry-After": str(self.batcher.retry_after())},
+                raise self.queue_full(
+                    f"the inference queue (queue_size={self.settings.queue_size}) had no room for the video's frames "
+                    f"for {VIDEO_QUEUE_WAIT_S:g} s",
+                    self.batcher.retry_after(),
                 )
             await asyncio.sleep(0.05)
         try:
@@ -347,7 +344,7 @@ class Service:
                 )
             )
         except QueueFull as exc:  # another request took the room first
-            raise self._queue_full(exc) from None
+            raise self.queue_full(f"the inference queue is full (queue_size={exc.size})", exc.retry_after) from None
         except ApiError:
             raise
         except Exception as exc:

@@ -12,17 +12,16 @@ from app.schemas import (
     BatchPredictionRequest,
     BatchResponse,
     ErrorDetail,
-    ErrorResponse,
     PredictionRequest,
     PredictionResponse,
+    error_responses,
 )
 from app.upload import read_images
 
 router = APIRouter(tags=["predictions"])
 
-_ERRORS = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
+_ERRORS = error_responses(
+    {
         400: "empty body, not an image, corrupt or truncated image, bad base64 or JSON",
         401: "missing or wrong API key (when one is configured)",
         413: "body over max_image_bytes, image over max_pixels, or too many images",
@@ -31,8 +30,8 @@ _ERRORS = {
         429: "rate limit exceeded (Retry-After)",
         500: "inference failed for this image (the error is logged; the service goes on)",
         503: "not ready, or the queue is full (Retry-After)",
-    }.items()
-}
+    }
+)
 
 _IMAGE_BODY = {
     "required": True,
@@ -143,13 +142,9 @@ async def create_batch(
     )
     free = service.batcher.room
     if len(images) > free:
-        service.metrics.rejected.labels("queue_full").inc()
-        raise ApiError(
-            503,
-            "queue_full",
-            f"the service is busy: {len(images)} images do not fit the inference queue "
-            f"({free} of queue_size={settings.queue_size} free); retry later",
-            {"Retry-After": str(service.batcher.retry_after())},
+        raise service.queue_full(
+            f"{len(images)} images do not fit the inference queue ({free} of queue_size={settings.queue_size} free)",
+            service.batcher.retry_after(),
         )
 
     async def one(i: int, data: bytes) -> BatchItem:

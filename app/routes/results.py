@@ -5,14 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request, Response
 
 from app.errors import ApiError
-from app.schemas import ErrorResponse, PredictionResponse, mask_png
+from app.schemas import PredictionResponse, error_responses, mask_png
 
 router = APIRouter(tags=["results"])
 
-_404 = {
-    404: {"model": ErrorResponse, "description": "unknown or expired result id, or no such face"},
-    422: {"model": ErrorResponse, "description": "invalid parameters"},  # not FastAPI's default body: ours
-}
+_404 = error_responses(
+    {
+        404: "unknown or expired result id, or no such face",
+        422: "invalid parameters",  # not FastAPI's default body: ours
+    }
+)
 _PNG = {200: {"content": {"image/png": {}}, "description": "PNG image"}}
 
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from app.errors import ApiError, error_body
 from app.routes.predictions import MAX_FACES_QUERY
-from app.schemas import ErrorResponse, VideoResponse
+from app.schemas import VideoResponse, error_responses
 from app.upload import VIDEO_TYPES, read_video
 from app.video import json_line
 
@@ -17,9 +17,8 @@ NDJSON = "application/x-ndjson"
 
 router = APIRouter(tags=["videos"])
 
-_ERRORS = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
+_ERRORS = error_responses(
+    {
         400: "empty body, or a video that cannot be decoded (corrupt, truncated, unknown codec)",
         401: "missing or wrong API key (when one is configured)",
         403: "video uploads are turned off (FMPN_VIDEOS=false)",
@@ -30,8 +29,8 @@ _ERRORS = {
         500: "inference failed on a frame (the error is logged; the service goes on)",
         501: "video uploads need Linux (an in-memory file for FFmpeg)",
         503: "not ready, or the queue stayed full (Retry-After)",
-    }.items()
-}
+    }
+)
 
 _VIDEO_BODY = {
     "required": True,
