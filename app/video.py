@@ -15,7 +15,7 @@ from pydantic_core import to_jsonable_python
 from app.errors import ApiError
 from app.schemas import ModelRef, VideoFrameResult, VideoMeta, VideoResponse, track_results, video_frame_result
 from fmpn.inference import ImagePrediction
-from fmpn.video import FaceTracker, Frame, VideoInfo, frames_to_sample
+from fmpn.video import FaceTracker, Frame, VideoInfo, every_frame, frames_to_sample
 
 
 class VideoAnalysis:
@@ -64,7 +64,7 @@ class VideoAnalysis:
                 duration_s=round(info.duration_s, 4),
             ),
             "model": ModelRef(name=self.model["name"], profile=self.model["profile"], version=self.model["version"]),
-            "sampled_fps": None if self.fps is None or (info.fps > 0 and self.fps >= info.fps) else self.fps,
+            "sampled_fps": None if every_frame(info, self.fps) else self.fps,
         }
 
     def summary(self) -> dict[str, Any]:

@@ -90,6 +90,11 @@ def _capture(path: str | Path) -> tuple[cv2.VideoCapture, VideoInfo]:
     return capture, VideoInfo(width=width, height=height, fps=fps, frames=frames)
 
 
+def every_frame(info: VideoInfo, fps: float | None) -> bool:
+    """Whether sampling at ``fps`` takes every frame: no rate asked, or one at least the video's own."""
+    return fps is None or (info.fps > 0 and fps >= info.fps)
+
+
 def probe_video(path: str | Path) -> VideoInfo:
     """Size, frame rate and frame count, without decoding a frame."""
     capture, info = _capture(path)
@@ -120,7 +125,7 @@ def sample_frames(
             )
         # Frames are picked by their timestamps on a grid of 1/fps: phones record at a variable frame rate, where
         # frame numbers are not times. Every frame when no rate is asked or the video's is no higher.
-        every = fps is None or (info.fps > 0 and fps >= info.fps)
+        every = every_frame(info, fps)
         picked = index = 0
         next_time = 0.0
         while max_frames is None or picked < max_frames:
@@ -275,6 +280,6 @@ def frames_to_sample(info: VideoInfo, fps: float | None) -> int | None:
     """How many frames ``sample_frames`` yields with no ``max_frames``; None when the container does not say."""
     if info.frames <= 0 or info.fps <= 0:
         return None
-    if fps is None or fps >= info.fps:
+    if every_frame(info, fps):
         return info.frames
     return math.ceil(info.frames / (info.fps / fps) - 1e-9)
