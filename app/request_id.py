@@ -14,6 +14,7 @@ from contextvars import ContextVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = "X-Request-ID"
+_RAW = HEADER.lower().encode()  # as ASGI carries header names
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _current: ContextVar[str | None] = ContextVar("fmpn_request_id", default=None)
 
@@ -33,16 +34,15 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope.get("headers") or []).get(HEADER.lower().encode(), b"").decode("latin-1")
+        given = dict(scope.get("headers") or []).get(_RAW, b"").decode("latin-1")
         request_id = given if _VALID.fullmatch(given) else uuid.uuid4().hex
         _current.set(request_id)  # left set: the error handler outside this middleware (500s) reads it too
-        raw = HEADER.lower().encode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers") or [])
-                if not any(k.lower() == raw for k, _ in headers):
-                    headers.append((raw, request_id.encode()))
+                if not any(k.lower() == _RAW for k, _ in headers):
+                    headers.append((_RAW, request_id.encode()))
                 message = {**message, "headers": headers}
             await send(message)
 
