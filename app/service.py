@@ -27,6 +27,7 @@ from app.settings import Settings
 from app.store import ResultStore, StoredResult
 from app.video import VideoAnalysis, in_memory_file
 from fmpn.checkpoint import CheckpointError
+from fmpn.detect import Face
 from fmpn.inference import (
     COMPILE_SETTINGS,
     DecodedImage,
@@ -35,7 +36,7 @@ from fmpn.inference import (
     Predictor,
     decode_image,
 )
-from fmpn.video import Frame, VideoDecodeError, probe_video, sample_frames
+from fmpn.video import FaceFollower, Frame, VideoDecodeError, probe_video, sample_frames
 
 log = logging.getLogger("app")
 
@@ -150,7 +151,10 @@ class Service:
         limits = [o.get("max_faces") for o in options]
         detects = [o.get("detect", True) for o in options]
         try:
-            return self.predictor.predict(images, max_faces=limits, timings=timings, detect=detects), timings
+            faces = self._followed(images, options, timings)
+            return self.predictor.predict(
+                images, max_faces=limits, timings=timings, detect=detects, faces=faces
+            ), timings
         except Exception as exc:
             if len(images) == 1:
                 raise
@@ -159,12 +163,29 @@ class Service:
             )
         # One bad image must not fail the others: run them alone, failures become per-image errors.
         results: list[Any] = []
-        for image, limit, detect in zip(images, limits, detects, strict=True):
+        for image, option, limit, detect in zip(images, options, limits, detects, strict=True):
             try:
-                results.extend(self.predictor.predict([image], max_faces=limit, timings=timings, detect=detect))
+                faces = self._followed([image], [option], timings)
+                results.extend(
+                    self.predictor.predict([image], max_faces=limit, timings=timings, detect=detect, faces=faces)
+                )
             except Exception as exc:
                 results.append(exc)
         return results, timings
+
+    def _followed(
+        self, images: list[Any], options: list[dict[str, Any]], timings: dict[str, float]
+    ) -> list[list[Face] | None]:
+        """The faces of video frames followed from the frame before (option ``near``: where its faces were;
+        ``fmpn.video.FaceFollower``), None for the images to detect whole."""
+        assert self.predictor is not None
+        t0 = time.perf_counter()
+        faces = [
+            None if o.get("near") is None else self.predictor.detect_near(image, o["near"])
+            for image, o in zip(images, options, strict=True)
+        ]
+        timings["detect"] = timings.get("detect", 0.0) + time.perf_counter() - t0
+        return faces
 
     def _on_batch(self, n: int, timings: dict[str, float]) -> None:
         m = self.metrics
@@ -275,6 +296,7 @@ class Service:
         include_mask: bool,
         max_faces: int | None,
         keep_frames: bool = True,
+        detect_every: int = 1,
     ) -> AsyncIterator[VideoAnalysis | VideoFrameResult]:
         """One uploaded video: first its ``VideoAnalysis`` (once the video opened; a bad video raises ApiError
         before), then each sampled frame's result as it is predicted; the analysis then holds the tracks.
@@ -293,6 +315,7 @@ class Service:
             timings = analysis.timings
             timings.update(decode=0.0, queue=0.0, detect=0.0, model=0.0)
             frames = sample_frames(path, fps, frames_cap, self.settings.max_pixels)
+            follower = FaceFollower(detect_every)
             try:
                 first = True
                 while True:
@@ -309,7 +332,7 @@ class Service:
                         first = False
                     if not chunk:
                         break
-                    results = await self._submit_frames(chunk, limit)
+                    results = await self._submit_frames(chunk, limit, follower)
                     # A batch's stage times are shared by its images: each frame counts its share. The frames of a
                     # chunk wait in the queue together: the chunk counts its longest wait.
                     timings["queue"] += max(meta["queue"] for _, meta in results)
@@ -324,9 +347,12 @@ class Service:
                 await anyio.to_thread.run_sync(frames.close)
         self.metrics.videos.inc()
 
-    async def _submit_frames(self, chunk: list[Frame], limit: int) -> list[tuple[ImagePrediction, dict[str, float]]]:
+    async def _submit_frames(
+        self, chunk: list[Frame], limit: int, follower: FaceFollower
+    ) -> list[tuple[ImagePrediction, dict[str, float]]]:
         """Queue a chunk of frames once there is room for all of them (a video already accepted is not dropped for
-        a full queue; it waits, up to VIDEO_QUEUE_WAIT_S)."""
+        a full queue; it waits, up to VIDEO_QUEUE_WAIT_S). Each frame's faces are looked for where ``follower``
+        says, so a chunk's frames go one after the other."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + VIDEO_QUEUE_WAIT_S
         while self.batcher.room < len(chunk):
@@ -338,11 +364,13 @@ class Service:
                 )
             await asyncio.sleep(0.05)
         try:
-            return list(
-                await asyncio.gather(
-                    *(self.batcher.submit(f.rgb, background=True, max_faces=limit, detect=True) for f in chunk)
-                )
-            )
+            results = []
+            for frame in chunk:
+                near = follower.near()
+                result = await self.batcher.submit(frame.rgb, background=True, max_faces=limit, detect=True, near=near)
+                follower.seen([face.box for face in result[0].faces], whole=near is None)
+                results.append(result)
+            return results
         except QueueFull as exc:  # another request took the room first
             raise self.queue_full(f"the inference queue is full (queue_size={exc.size})", exc.retry_after) from None
         except ApiError:

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     max_video_bytes: int = Field(100 * 1024 * 1024, ge=1, description="largest accepted video file, bytes")
     max_video_frames: int = Field(300, ge=1, description="most frames analysed per POST /v1/videos:predict")
     video_fps: float = Field(DEFAULT_FPS, gt=0, le=120, description="frames analysed a second of video, by default")
+    video_detect_every: int = Field(
+        1,
+        ge=1,
+        le=100,
+        description="detect the whole video frame every N sampled frames and follow the faces in between "
+        "(faster, misses faces that enter until the next whole-frame detection); 1: every frame, by default",
+    )
 
     # results
     result_ttl_s: float = Field(600.0, gt=0, description="how long a result (and its image) stays retrievable")

@@ -148,9 +148,9 @@ class Cascade:
         self.thresholds = thresholds
         self.pnet, self.rnet, self.onet = (_with_fast_pooling(net().to(self.device)) for net in (PNet, RNet, ONet))
 
-    def scales(self, h: int, w: int) -> list[float]:
+    def scales(self, h: int, w: int, min_face_size: int | None = None) -> list[float]:
         """The pyramid: the smallest face maps to P-Net's 12 px cell, then steps of 0.709 down to 12 px."""
-        scale = 12.0 / self.min_face_size
+        scale = 12.0 / (min_face_size or self.min_face_size)
         shortest = min(h, w) * scale
         out = []
         while shortest >= 12:
@@ -239,11 +239,12 @@ class Cascade:
         return _regress(boxes, offsets), owner, points
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    def __call__(self, images: np.ndarray, min_face_size: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """``images`` (B, H, W, 3) uint8 RGB, one size -> per image (boxes (N, 5): x1 y1 x2 y2 score, landmarks
-        (N, 5, 2)), in the order the last NMS keeps them."""
+        (N, 5, 2)), in the order the last NMS keeps them. ``min_face_size``: this call's smallest face (default the
+        cascade's)."""
         images = np.ascontiguousarray(images)
-        scales = self.scales(*images.shape[1:3])
+        scales = self.scales(*images.shape[1:3], min_face_size)
         if not scales:  # smaller than the smallest face: nothing to look at
             return [(np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)) for _ in images]
         batch = torch.as_tensor(images, device=self.device).permute(0, 3, 1, 2).float()

@@ -9,6 +9,7 @@ move less than a face width in a fifth of a second.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 
 if TYPE_CHECKING:  # fmpn.inference imports this module (container_format)
+    from fmpn.detect import Face
     from fmpn.inference import ImagePrediction, Predictor
 
 DEFAULT_FPS = 5.0  # frames analysed a second of video
@@ -250,28 +252,78 @@ class FaceTracker:
         return [i for i in ids if i is not None]
 
 
+class FaceFollower:
+    """Where to look for the faces of each next sampled frame: the whole frame every ``detect_every`` sampled frames
+    (and after a frame with no face to follow, or one where a followed face was lost), near the faces of the frame
+    before otherwise.
+
+    A whole-frame detection runs MTCNN over the frame's image pyramid, most of a video's time on a CPU; looking near
+    the known faces costs a fraction of it (``Predictor.detect_near``). A face that enters between two whole-frame
+    detections is found at the next one, ``detect_every`` sampled frames later at most. ``detect_every`` 1: every
+    frame whole, the faces a photo of the frame gets.
+    """
+
+    def __init__(self, detect_every: int = 1) -> None:
+        if detect_every < 1:
+            raise ValueError(f"detect_every must be at least 1, got {detect_every}")
+        self.detect_every = detect_every
+        self._since = 0  # sampled frames since the last whole-frame detection
+        self._boxes: list[tuple[float, float, float, float]] = []
+
+    def near(self) -> list[tuple[float, float, float, float]] | None:
+        """The boxes to look near in the next frame; None: detect the whole frame."""
+        if self._since == 0 or not self._boxes:
+            return None
+        return list(self._boxes)
+
+    def seen(self, boxes: Iterable[Sequence[float]], whole: bool) -> None:
+        """The faces of that frame (``whole``: found by a whole-frame detection). A face lost while followed (it
+        moved too far, or turned away) makes the next frame a whole-frame one."""
+        boxes = [tuple(float(v) for v in box[:4]) for box in boxes]
+        lost = not whole and len(boxes) < len(self._boxes)
+        self._boxes = boxes
+        self._since = 1 if whole else self._since + 1
+        if lost or self._since >= self.detect_every:
+            self._since = 0
+
+
 def predict_frames(
     predictor: Predictor,
     frames: Iterable[Frame],
     batch: int = 8,
     max_faces: int | None = None,
     timings: dict[str, float] | None = None,
+    detect_every: int = 1,
 ) -> Iterator[tuple[Frame, ImagePrediction]]:
     """Each frame with its faces' predictions, ``batch`` frames through the predictor at a time (one forward for
-    all their faces; on a GPU the detector batches them too)."""
+    all their faces; on a GPU the detector batches them too). ``detect_every`` above 1: the whole frame is detected
+    every that many frames, the faces followed in between (:class:`FaceFollower`)."""
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
+    follower = FaceFollower(detect_every)
     chunk: list[Frame] = []
+    found: list[list[Face]] = []
 
     def run() -> Iterator[tuple[Frame, ImagePrediction]]:
-        predictions = predictor.predict([f.rgb for f in chunk], max_faces=max_faces, timings=timings)
+        given = found if detect_every > 1 else None
+        predictions = predictor.predict([f.rgb for f in chunk], max_faces=max_faces, timings=timings, faces=given)
         return zip(list(chunk), predictions, strict=True)
 
     for frame in frames:
         chunk.append(frame)
+        if detect_every > 1:  # each frame's faces from the frame before's: found one frame at a time
+            t0 = time.perf_counter()
+            near = follower.near()
+            faces = predictor.detect([frame.rgb])[0] if near is None else predictor.detect_near(frame.rgb, near)
+            limit = max_faces if max_faces is not None else predictor.max_faces
+            follower.seen([f.box for f in (faces if limit is None else faces[:limit])], whole=near is None)
+            found.append(faces)
+            if timings is not None:
+                timings["detect"] = timings.get("detect", 0.0) + time.perf_counter() - t0
         if len(chunk) >= batch:
             yield from run()
             chunk.clear()
+            found.clear()
     if chunk:
         yield from run()
 

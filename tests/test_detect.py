@@ -130,3 +130,37 @@ def test_boxes_wholly_outside_the_image_are_dropped_not_fatal(detector) -> None:
         assert boxes.shape == (0, 5) and kept.shape == (0,)
         boxes, kept, points = cascade._output(pixels, outside.clone(), owner)
         assert boxes.shape == (0, 5) and points.shape == (0, 5, 2)
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
+
+
+def test_faces_are_found_again_near_where_they_were(photos, detector) -> None:
+    """A video's next frame: the camera moved (shift and zoom); looking near the last boxes finds each face again,
+    where a whole-image detection of the new frame puts it."""
+    image = _rgb(photos / "group-multiface.jpg")
+    before = [f for f in detector.detect(image) if f.score >= 0.9]
+    assert len(before) >= 5
+    size = np.median([f.box[2] - f.box[0] for f in before])
+    h, w = image.shape[:2]
+    # 5 % closer (about the centre), a quarter of a face across and a fifth down
+    zoom, dx, dy = 1.05, 0.25 * size, 0.2 * size
+    move = np.float32([[zoom, 0, (1 - zoom) * w / 2 + dx], [0, zoom, (1 - zoom) * h / 2 + dy]])
+    after = cv2.warpAffine(image, move, (w, h), flags=cv2.INTER_LINEAR)
+    whole = [f for f in detector.detect(after) if f.score >= 0.9]
+    near = [f for f in detector.detect_near(after, [f.box for f in before]) if f.score >= 0.9]
+    assert len(near) == len(whole) == len(before)
+    for face in whole:
+        match = max(near, key=lambda f: _iou(f.box, face.box))
+        side = face.box[2] - face.box[0]
+        assert _iou(match.box, face.box) > 0.75
+        assert np.abs(match.landmarks - face.landmarks).max() < 0.1 * side
+    areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in near]
+    assert areas == sorted(areas, reverse=True)  # largest first, as detect gives them
+    # Nothing to look near, or only where there is no face (a corner of the photo): no face.
+    assert detector.detect_near(after, []) == []
+    corner = (0.0, 0.0, float(size), float(size))
+    assert detector.detect_near(after, [corner]) == []

@@ -18,11 +18,14 @@ from test_app_helpers import (
 )
 
 from cli.main import main
+from fmpn.inference import Predictor
 from fmpn.video import (
+    FaceFollower,
     FaceTracker,
     VideoDecodeError,
     container_format,
     frames_to_sample,
+    predict_frames,
     probe_video,
     sample_frames,
 )
@@ -91,6 +94,59 @@ def test_a_face_seen_last_frame_wins_over_one_gone_for_frames() -> None:
     for frame in (1, 2, 3):
         tracker.update(frame, frame * 0.2, [_box(500, 500 + 5 * frame, 90)], [_p(0)])
     assert tracker.update(4, 0.8, [_box(530, 470, 90)], [_p(0)]) == [0]
+
+
+def test_faces_are_followed_between_whole_frame_detections() -> None:
+    follower = FaceFollower(3)
+    a, b = _box(100, 100, 40), _box(300, 100, 40)
+    assert follower.near() is None  # the first frame: whole
+    follower.seen([a, b], whole=True)
+    assert follower.near() == [a, b]
+    follower.seen([b, a], whole=False)
+    assert follower.near() == [b, a]
+    follower.seen([a, b], whole=False)
+    assert follower.near() is None  # the third frame since: whole again
+    follower.seen([a, b], whole=True)
+    follower.seen([a], whole=False)  # a face lost while followed: the next frame whole
+    assert follower.near() is None
+    follower.seen([], whole=True)
+    assert follower.near() is None  # nothing to follow
+    every = FaceFollower(1)
+    every.seen([a], whole=True)
+    assert every.near() is None
+    with pytest.raises(ValueError, match="detect_every must be at least 1, got 0"):
+        FaceFollower(0)
+
+
+def test_following_faces_finds_the_faces_of_whole_frame_detection(monkeypatch) -> None:
+    """The clip's faces, detected in every frame, then followed between whole-frame detections every 4th frame: most
+    faces found again where whole-frame detection puts them, with far fewer whole-frame detections."""
+    predictor = Predictor(checkpoint_path(), detect_max_side=960)
+    whole_frames = []
+    detect = predictor.detect
+    monkeypatch.setattr(predictor, "detect", lambda images: whole_frames.append(len(images)) or detect(images))
+    frames = list(sample_frames(_clip(), fps=5, max_frames=12))
+    every = [p for _, p in predict_frames(predictor, frames, batch=4)]
+    assert sum(whole_frames) == 12
+    whole_frames.clear()
+    followed = [p for _, p in predict_frames(predictor, frames, batch=4, detect_every=4)]
+    assert 3 <= sum(whole_frames) < 12  # frames 0, 4, 8, and after any face lost
+    assert [f.box for f in followed[0].faces] == [f.box for f in every[0].faces]
+    found = same = 0
+    for a, b in zip(every, followed, strict=True):
+        for face in a.faces:
+            match = max(b.faces, key=lambda f: _iou(f.box, face.box), default=None)
+            if match is not None and _iou(match.box, face.box) > 0.5:
+                found += 1
+                same += int(np.abs(match.probabilities - face.probabilities).max() < 0.1)
+    total = sum(len(p.faces) for p in every)
+    assert total >= 40 and found >= 0.8 * total and same >= 0.8 * found, (total, found, same)
+
+
+def _iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
 
 
 # -- frames -------------------------------------------------------------------------------------
@@ -257,6 +313,7 @@ def test_fmpn_video_refuses_bad_input_in_one_line(fast_env, tmp_path, capsys) ->
         (["video", str(tmp_path / "none.mp4")], "no such video file"),
         (["video", str(clip), "--fps", "0"], "--fps must be above 0"),
         (["video", str(clip), "--max-frames", "0"], "--max-frames must be at least 1"),
+        (["video", str(clip), "--detect-every", "0"], "--detect-every must be at least 1"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -311,6 +368,16 @@ def test_the_service_predicts_a_video_like_its_frames_as_photos(server) -> None:
         metrics = client.get("/metrics").text
         assert metric_value(metrics, "fmpn_videos_total") == 2
         assert metric_value(metrics, "fmpn_video_frames_total") == 12
+        # Faces followed between whole-frame detections: the first frame as before, the people followed on.
+        params = {"fps": 5, "max_frames": 8}
+        every = client.post("/v1/videos:predict", params=params, content=clip.read_bytes()).json()
+        followed = client.post(
+            "/v1/videos:predict", params={**params, "detect_every": 8}, content=clip.read_bytes()
+        ).json()
+        assert followed["frames"][0] == every["frames"][0]
+        assert [len(f["faces"]) for f in followed["frames"]] != [0] * 8
+        assert sum(len(f["faces"]) for f in followed["frames"]) >= 0.7 * sum(len(f["faces"]) for f in every["frames"])
+        assert sum(t["frames"] >= 6 for t in followed["tracks"]) >= 3  # the same people, followed
 
 
 def test_the_service_streams_json_lines_while_it_analyses(server) -> None:
@@ -347,6 +414,7 @@ def test_the_service_refuses_bad_videos_with_the_reason_and_goes_on(server) -> N
         (clip + bytes(700_000), "video/mp4", {}, 413, "payload_too_large", "limit of 3000000 bytes (max_video_bytes)"),
         (b"{}", "application/json", {}, 415, "unsupported_media_type", "multipart/form-data"),
         (clip, "video/mp4", {"fps": "0"}, 422, None, "fps"),
+        (clip, "video/mp4", {"detect_every": "0"}, 422, None, "detect_every"),
     ]
     with server.client() as client:
         for content, ctype, params, status, code, text in cases:

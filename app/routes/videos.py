@@ -74,6 +74,14 @@ async def predict_video(
     max_frames: int | None = Query(
         None, ge=1, description="analyse at most this many frames; capped by max_video_frames"
     ),
+    detect_every: int | None = Query(
+        None,
+        ge=1,
+        le=100,
+        description="detect faces in the whole frame every N sampled frames, and in between only near the faces of "
+        "the frame before (a fraction of the time; a face that enters is found at the next whole-frame detection); "
+        "default video_detect_every (1: every frame)",
+    ),
     mask: bool = Query(False, description="include each face's motion mask as base64 PNG (large for a video)"),
     max_faces: int | None = MAX_FACES_QUERY,
 ) -> Response:
@@ -87,6 +95,7 @@ async def predict_video(
     events = service.video_frames(
         data,
         fps=settings.video_fps if fps is None else fps,
+        detect_every=settings.video_detect_every if detect_every is None else detect_every,
         max_frames=max_frames,
         include_mask=mask,
         max_faces=max_faces,
