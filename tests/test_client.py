@@ -59,6 +59,12 @@ def test_videos_whole_and_streamed(server) -> None:
     with Client(server.url) as fmpn, pytest.raises(ServiceError) as info:
         list(fmpn.stream_video(photo_jpeg(GROUP)))
     assert (info.value.status, info.value.code) == (415, "unsupported_video")
+    with Client(server.url) as fmpn:  # faces followed between whole-frame detections: the first frame is whole
+        followed = fmpn.predict_video(clip, fps=5, detect_every=6)
+        assert followed["frames"][0] == whole["frames"][0] and followed["frames_analysed"] == 6
+        with pytest.raises(ServiceError) as info:
+            fmpn.predict_video(clip, detect_every=0)
+    assert info.value.status == 422 and "detect_every" in info.value.message
 
 
 def test_the_client_waits_for_a_starting_service_and_a_rate_limit() -> None:
