@@ -201,3 +201,31 @@ def test_a_wheel_carries_the_weights_and_predicts_offline_outside_the_checkout(t
     assert sha == digest and label in FER2013
     here = subprocess.run([sys.executable, "-c", "import app; print(app.__file__)"], capture_output=True, text=True)
     assert here.stdout.strip() == str(ROOT / "app" / "__init__.py"), "the test's own environment was changed"
+
+
+def test_the_project_says_how_to_cite_it_and_under_what_license() -> None:
+    """CITATION.cff (GitHub's "Cite this repository") is valid Citation File Format, names the FMPN paper, and
+    agrees with pyproject.toml and LICENSE on the version and license."""
+    import json
+    import tomllib
+    from importlib.resources import files
+
+    import jsonschema
+    import yaml
+
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    schema = json.loads(
+        files("check_jsonschema.builtin_schemas.vendor").joinpath("citation-file-format.json").read_text()
+    )
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(citation)]
+    assert not errors, errors
+    assert list(validator.iter_errors({**citation, "cff-version": "1.2.0", "authors": []}))  # the schema does check
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert citation["version"] == project["version"]
+    assert citation["license"] == project["license"]["text"] == "MIT"
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License\n")
+    paper = citation["references"][0]
+    assert paper["title"] == "Facial Motion Prior Networks for Facial Expression Recognition"
+    assert [a["family-names"] for a in paper["authors"]] == ["Chen", "Wang", "Chen", "Shi", "Cai"]
+    assert paper["url"] == "https://arxiv.org/abs/1902.08788" and paper["year"] == 2019
