@@ -61,19 +61,11 @@ class FaceDetector:
         is found again. Of each square's faces the one nearest its centre is kept (a neighbour's face is its own
         box's: of the face's size, nearest the centre); two boxes that came to the same face give it once.
         """
-        height, width = image.shape[:2]
         squares, places = [], []
         for x1, y1, x2, y2 in (tuple(b[:4]) for b in boxes):
-            size = context * max(x2 - x1, y2 - y1, 1.0)
-            n = max(1, round(size))
+            n = max(1, round(context * max(x2 - x1, y2 - y1, 1.0)))
             x0, y0 = round((x1 + x2 - n) / 2), round((y1 + y2 - n) / 2)
-            square = np.zeros((n, n, 3), np.uint8)
-            xa, ya, xb, yb = max(0, x0), max(0, y0), min(width, x0 + n), min(height, y0 + n)
-            if xb > xa and yb > ya:
-                square[ya - y0 : yb - y0, xa - x0 : xb - x0] = image[ya:yb, xa:xb]
-            squares.append(
-                cv2.resize(square, (side, side), interpolation=cv2.INTER_AREA if n > side else cv2.INTER_LINEAR)
-            )
+            squares.append(_square(image, x0, y0, n, side))
             places.append((x0, y0, n / side))
         if not squares:
             return []
@@ -100,6 +92,23 @@ class FaceDetector:
                 kept.append(face)
         kept.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
         return kept
+
+
+def _square(image: np.ndarray, x0: int, y0: int, n: int, side: int) -> np.ndarray:
+    """The image's n x n square at (x0, y0), black beyond its edges, resized to side x side: the part inside the
+    image is resized alone (a face filling a 4K frame does not make a 6,000-pixel square first)."""
+    height, width = image.shape[:2]
+    out = np.zeros((side, side, 3), np.uint8)
+    xa, ya, xb, yb = max(0, x0), max(0, y0), min(width, x0 + n), min(height, y0 + n)
+    s = side / n
+    ca, ra = round((xa - x0) * s), round((ya - y0) * s)
+    cb, rb = min(side, round((xb - x0) * s)), min(side, round((yb - y0) * s))
+    if cb > ca and rb > ra:
+        part = image[ya:yb, xa:xb]
+        out[ra:rb, ca:cb] = cv2.resize(
+            part, (cb - ca, rb - ra), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
+        )
+    return out
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> float:

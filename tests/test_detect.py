@@ -164,3 +164,14 @@ def test_faces_are_found_again_near_where_they_were(photos, detector) -> None:
     assert detector.detect_near(after, []) == []
     corner = (0.0, 0.0, float(size), float(size))
     assert detector.detect_near(after, [corner]) == []
+
+
+def test_a_face_filling_the_photo_is_found_again_though_its_square_overhangs(photos, detector) -> None:
+    """Portraits: the face is a third to most of the photo, so the square three faces wide around it lies mostly
+    outside the image (black there); the face is found where a whole-image detection puts it."""
+    for path in sorted(photos.glob("portrait-*.jpg")):
+        image = _rgb(path)
+        whole = [f for f in detector.detect(image) if f.score >= 0.9]
+        near = [f for f in detector.detect_near(image, [f.box for f in whole]) if f.score >= 0.9]
+        assert len(whole) == len(near) == 1, path.name
+        assert _iou(whole[0].box, near[0].box) > 0.8, path.name
