@@ -198,6 +198,15 @@ def test_demo_page_streams_a_video_and_lists_its_faces(browser) -> None:
         page.set_input_files("#file", str(require_data("photos", f"{GROUP}.jpg")))
         page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0", timeout=120_000)
         assert page.locator("#video-box").is_hidden() and page.locator("#overlay").is_visible()
+        # Faces followed between whole-frame detections when asked: the same people, fewer detections.
+        page.check("#follow")
+        with page.expect_request(lambda r: "/v1/videos:predict" in r.url) as request:
+            page.set_input_files("#file", str(clip))
+        assert request.value.url.endswith("/v1/videos:predict?detect_every=5")
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('frames analysed')", timeout=120_000
+        )
+        assert "8 frames analysed" in page.inner_text("#status") and cards.count() >= 4
         page.close()
     finally:
         srv.stop()
