@@ -43,7 +43,7 @@ from fmpn.images import pad_edges
 from fmpn.models import class_probabilities
 from fmpn.models.fuse import compile_frozen, prepare_for_inference
 from fmpn.precision import autocast, resolve_precision
-from fmpn.video import container_format
+from fmpn.video import DEFAULT_FPS, VideoPrediction, container_format, predict_video
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -612,6 +612,18 @@ class Predictor:
         image file (decoded as the service decodes uploads, EXIF orientation included), PIL images, or uint8
         arrays (H, W, 3) RGB or (H, W) grey. Each face has its ``label`` and ``expressions`` by class name."""
         return self.predict([as_rgb(im) for im in images], max_faces=max_faces, detect=detect)
+
+    def predict_video(
+        self,
+        path: str | Path,
+        fps: float | None = DEFAULT_FPS,
+        max_frames: int | None = None,
+        detect_every: int = 1,
+    ) -> VideoPrediction:
+        """The faces of a video's frames sampled at ``fps`` a second (None: every frame), each with a track id, and
+        the tracks with their probabilities averaged over the frames (``fmpn.video.predict_video``; ``detect_every``:
+        :class:`fmpn.video.FaceFollower`). A file that cannot be read raises ``VideoDecodeError`` with the reason."""
+        return predict_video(self, path, fps, max_frames, detect_every)
 
     @staticmethod
     def _per_image(name: str, value: Any, n: int) -> list[Any]:

@@ -328,6 +328,50 @@ def predict_frames(
         yield from run()
 
 
+@dataclass
+class FramePrediction:
+    """One sampled frame of a video: its faces (largest first) and each face's track id, in the same order."""
+
+    index: int  # 0-based frame number in the video
+    time_s: float
+    prediction: ImagePrediction
+    tracks: list[int]
+
+
+@dataclass
+class VideoPrediction:
+    """A whole video's answer: its sampled frames and the faces followed through them (longest track first), each
+    with its probabilities averaged over its frames (``Track.probabilities``)."""
+
+    info: VideoInfo
+    frames: list[FramePrediction]
+    tracks: list[Track]
+
+
+def predict_video(
+    predictor: Predictor,
+    path: str | Path,
+    fps: float | None = DEFAULT_FPS,
+    max_frames: int | None = None,
+    detect_every: int = 1,
+    batch: int = 8,
+) -> VideoPrediction:
+    """The faces of a video file's frames sampled at ``fps`` (None: every frame), followed from frame to frame:
+    ``fmpn video`` in Python. Every frame's result is kept: for a long video, ``max_frames``, or
+    :func:`predict_frames` with a :class:`FaceTracker` of your own, which keeps nothing."""
+    info = probe_video(path)
+    tracker = FaceTracker()
+    frames = []
+    for frame, prediction in predict_frames(
+        predictor, sample_frames(path, fps, max_frames), batch, detect_every=detect_every
+    ):
+        faces = prediction.faces
+        ids = tracker.update(frame.index, frame.time_s, [f.box for f in faces], [f.probabilities for f in faces])
+        frames.append(FramePrediction(frame.index, frame.time_s, prediction, ids))
+    tracks = sorted(tracker.tracks, key=lambda t: (-t.frames, t.first_frame, t.id))
+    return VideoPrediction(info, frames, tracks)
+
+
 def frames_to_sample(info: VideoInfo, fps: float | None) -> int | None:
     """How many frames ``sample_frames`` yields with no ``max_frames``; None when the container does not say."""
     if info.frames <= 0 or info.fps <= 0:

@@ -299,6 +299,24 @@ def test_fmpn_video_writes_a_row_a_face_a_frame(fast_env, tmp_path, capsys) -> N
         assert [float(row[c]) for c in classes] == pytest.approx(list(face["probabilities"].values()), abs=1e-6)
 
 
+def test_predict_video_in_python_gives_fmpn_videos_answer(fast_env, capsys) -> None:
+    clip = _clip()
+    assert main(["video", str(clip), "--max-frames", "4", "--indent", "0"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    predictor = Predictor(checkpoint_path(), detect_max_side=960)
+    video = predictor.predict_video(clip, max_frames=4)
+    assert (video.info.width, video.info.height, video.info.fps) == (1920, 1080, 25.0)
+    assert [f.index for f in video.frames] == [f["frame"] for f in body["frames"]] == [0, 5, 10, 15]
+    for got, frame in zip(video.frames, body["frames"], strict=True):
+        assert got.time_s == frame["time_s"] and got.tracks == [face["track"] for face in frame["faces"]]
+        assert [f.label for f in got.prediction.faces] == [face["label"] for face in frame["faces"]]
+    assert [(t.id, t.frames) for t in video.tracks] == [(t["id"], t["frames"]) for t in body["tracks"]]
+    for track, want in zip(video.tracks, body["tracks"], strict=True):
+        assert track.probabilities.tolist() == pytest.approx(list(want["probabilities"].values()), abs=1e-6)
+    with pytest.raises(VideoDecodeError, match="no such video file"):
+        predictor.predict_video(clip.with_name("none.mp4"))
+
+
 def test_a_video_sent_as_a_photo_is_told_where_to_go(fast_env, capsys) -> None:
     assert main(["predict", str(_clip()), "--no-overlay"]) == 2
     err = capsys.readouterr().err
