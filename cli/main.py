@@ -11,6 +11,8 @@ import importlib
 import os
 import sys
 
+import fmpn
+
 # Subcommand modules, in the order they appear in --help.
 COMMAND_MODULES = (
     "cli.train",
@@ -26,6 +28,7 @@ COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmpn", description="Facial Motion Prior Networks: train, evaluate, serve")
+    parser.add_argument("--version", action="version", version=f"fmpn-fer {fmpn.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

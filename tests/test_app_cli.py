@@ -280,3 +280,12 @@ def test_uvicorn_app_main_with_missing_weights_stays_up_and_says_why(tmp_path) -
     finally:
         out = _stop(proc)
     assert "checkpoint not found" in out and "Traceback" not in out
+
+
+def test_fmpn_version_names_the_package_and_its_version(capsys) -> None:
+    import tomllib
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    version = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    assert exited.value.code == 0 and capsys.readouterr().out == f"fmpn-fer {version}\n"
