@@ -70,6 +70,7 @@ def run_video(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    detect_every = settings.video_detect_every if args.detect_every is None else args.detect_every
     path = Path(args.video)
     info = probe_video(path)  # a clear error before the model loads
     predictor = build_predictor(settings)
@@ -88,7 +89,6 @@ def run_video(args: argparse.Namespace) -> int:
     # A progress bar on a terminal only (tqdm's disable=None), on stderr: stdout carries the JSON.
     progress = tqdm(total=total, unit="frame", desc=path.name, disable=None, file=sys.stderr, leave=False)
     try:
-        detect_every = args.detect_every or settings.video_detect_every
         for frame, prediction in predict_frames(predictor, frames, args.batch, args.max_faces, timings, detect_every):
             result = analysis.add(frame, prediction)
             progress.update()
