@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from fmpn.inference import LANDMARK_NAMES, FacePrediction, ImagePrediction
-from fmpn.video import Frame, Track
+from fmpn.video import Frame, Track, longest_first
 
 # detect=false classifies the centre square of the image; wider or taller than this gets a warning.
 SQUARE_ENOUGH = 1.2
@@ -297,7 +297,7 @@ def video_frame_result(
 def track_results(tracks: list[Track], classes: list[str]) -> list[TrackResult]:
     """Longest first (then earliest): the people who were in the clip longest lead."""
     results = []
-    for track in sorted(tracks, key=lambda t: (-t.frames, t.first_frame, t.id)):
+    for track in longest_first(tracks):
         probs = [float(p) for p in track.probabilities]
         best = int(np.argmax(probs))
         results.append(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,22 +64,16 @@ def run(predictor, clip: Path, fps: float | None, batch: int, detect_every: int)
     }
 
 
-def _iou(a, b) -> float:  # noqa: ANN001
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 def agreement(reference: list, other: list) -> tuple[int, int, int]:
     """Of the reference run's faces: (missed by the other run, found with the same label, found with another)."""
     missed = same = changed = 0
     for ref_faces, faces in zip(reference, other, strict=True):
         for box, label in ref_faces:
-            match = max(faces, key=lambda f: _iou(box, f[0]), default=None)
-            if match is None or _iou(box, match[0]) < 0.5:
+            overlaps = box_iou(torch.tensor([box]), torch.tensor([f[0] for f in faces]).view(-1, 4))[0]
+            best = int(overlaps.argmax()) if len(faces) else -1
+            if best < 0 or overlaps[best] < 0.5:
                 missed += 1
-            elif match[1] == label:
+            elif faces[best][1] == label:
                 same += 1
             else:
                 changed += 1

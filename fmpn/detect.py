@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import torch
 
-from fmpn.mtcnn import Cascade
+from fmpn.mtcnn import Cascade, nms_min
 
 
 @dataclass
@@ -86,10 +86,10 @@ class FaceDetector:
                     points[i].astype(np.float64) * s + (x0, y0),
                 )
             )
-        kept: list[Face] = []
-        for face in sorted(found, key=lambda f: f.score, reverse=True):
-            if all(_overlap(face.box, other.box) <= 0.5 for other in kept):
-                kept.append(face)
+        if not found:
+            return []
+        keep = nms_min(np.array([f.box for f in found]), np.array([f.score for f in found]), 0.5)
+        kept = [found[i] for i in keep]
         kept.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
         return kept
 
@@ -109,11 +109,3 @@ def _square(image: np.ndarray, x0: int, y0: int, n: int, side: int) -> np.ndarra
             part, (cb - ca, rb - ra), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR
         )
     return out
-
-
-def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over the smaller box's area."""
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return w * h / smaller if smaller > 0 else 0.0

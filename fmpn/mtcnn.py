@@ -116,7 +116,7 @@ def _regress(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def _nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
+def nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarray:
     """Greedy NMS where overlap is intersection over the smaller box (MTCNN's last stage)."""
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
@@ -258,7 +258,7 @@ class Cascade:
         if len(boxes):
             # the last NMS runs per image on boxes shifted apart by image index, as facenet-pytorch does
             shifted = boxes[:, :4] + (owner.to(boxes) * (boxes[:, :4].max() + 1))[:, None]
-            keep = torch.as_tensor(_nms_min(shifted.cpu().numpy(), boxes[:, 4].cpu().numpy(), 0.7))
+            keep = torch.as_tensor(nms_min(shifted.cpu().numpy(), boxes[:, 4].cpu().numpy(), 0.7))
             boxes, owner, points = boxes[keep], owner[keep], points[keep]
         boxes_np, points_np, owner_np = boxes.cpu().numpy(), points.cpu().numpy(), owner.cpu().numpy()
         return [(boxes_np[owner_np == i], points_np[owner_np == i]) for i in range(len(images))]

@@ -181,6 +181,11 @@ class Track:
         return self.probability_sum / max(self.frames, 1)
 
 
+def longest_first(tracks: Iterable[Track]) -> list[Track]:
+    """Tracks longest first (then earliest): the people who were in the clip longest lead."""
+    return sorted(tracks, key=lambda t: (-t.frames, t.first_frame, t.id))
+
+
 def _centre_and_size(box: Sequence[float]) -> tuple[float, float, float]:
     x1, y1, x2, y2 = box
     return (x1 + x2) / 2.0, (y1 + y2) / 2.0, max(x2 - x1, y2 - y1, 1e-6)
@@ -301,6 +306,7 @@ def predict_frames(
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     follower = FaceFollower(detect_every)
+    limit = max_faces if max_faces is not None else predictor.max_faces  # the faces followed: those classified
     chunk: list[Frame] = []
     found: list[list[Face]] = []
 
@@ -315,7 +321,6 @@ def predict_frames(
             t0 = time.perf_counter()
             near = follower.near()
             faces = predictor.detect([frame.rgb])[0] if near is None else predictor.detect_near(frame.rgb, near)
-            limit = max_faces if max_faces is not None else predictor.max_faces
             follower.seen([f.box for f in (faces if limit is None else faces[:limit])], whole=near is None)
             found.append(faces)
             if timings is not None:
@@ -368,8 +373,7 @@ def predict_video(
         faces = prediction.faces
         ids = tracker.update(frame.index, frame.time_s, [f.box for f in faces], [f.probabilities for f in faces])
         frames.append(FramePrediction(frame.index, frame.time_s, prediction, ids))
-    tracks = sorted(tracker.tracks, key=lambda t: (-t.frames, t.first_frame, t.id))
-    return VideoPrediction(info, frames, tracks)
+    return VideoPrediction(info, frames, longest_first(tracker.tracks))
 
 
 def frames_to_sample(info: VideoInfo, fps: float | None) -> int | None:

@@ -170,6 +170,13 @@ def live_server(wait_ready: bool = True, **overrides: Any) -> LiveServer:
     return LiveServer(create_app(make_settings(**overrides))).start(wait_ready=wait_ready)
 
 
+def iou(a, b) -> float:  # noqa: ANN001 - two boxes (x1, y1, x2, y2)
+    """Intersection over union of two boxes (torchvision's box_iou)."""
+    from torchvision.ops import box_iou
+
+    return float(box_iou(torch.tensor([a[:4]], dtype=torch.float64), torch.tensor([b[:4]], dtype=torch.float64))[0, 0])
+
+
 def error_of(response: httpx.Response) -> dict:
     """The {"code", "message", "request_id"} of a JSON error response (asserting its shape)."""
     assert response.headers["content-type"].startswith("application/json"), response.text[:200]

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import require_data
+from test_app_helpers import iou
 
 from fmpn.detect import FaceDetector
 from fmpn.images import pad_edges, read_image
@@ -132,12 +133,6 @@ def test_boxes_wholly_outside_the_image_are_dropped_not_fatal(detector) -> None:
         assert boxes.shape == (0, 5) and points.shape == (0, 5, 2)
 
 
-def _iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
-
-
 def test_faces_are_found_again_near_where_they_were(photos, detector) -> None:
     """A video's next frame: the camera moved (shift and zoom); looking near the last boxes finds each face again,
     where a whole-image detection of the new frame puts it."""
@@ -154,9 +149,9 @@ def test_faces_are_found_again_near_where_they_were(photos, detector) -> None:
     near = [f for f in detector.detect_near(after, [f.box for f in before]) if f.score >= 0.9]
     assert len(near) == len(whole) == len(before)
     for face in whole:
-        match = max(near, key=lambda f: _iou(f.box, face.box))
+        match = max(near, key=lambda f: iou(f.box, face.box))
         side = face.box[2] - face.box[0]
-        assert _iou(match.box, face.box) > 0.75
+        assert iou(match.box, face.box) > 0.75
         assert np.abs(match.landmarks - face.landmarks).max() < 0.1 * side
     areas = [(f.box[2] - f.box[0]) * (f.box[3] - f.box[1]) for f in near]
     assert areas == sorted(areas, reverse=True)  # largest first, as detect gives them
@@ -174,4 +169,4 @@ def test_a_face_filling_the_photo_is_found_again_though_its_square_overhangs(pho
         whole = [f for f in detector.detect(image) if f.score >= 0.9]
         near = [f for f in detector.detect_near(image, [f.box for f in whole]) if f.score >= 0.9]
         assert len(whole) == len(near) == 1, path.name
-        assert _iou(whole[0].box, near[0].box) > 0.8, path.name
+        assert iou(whole[0].box, near[0].box) > 0.8, path.name

@@ -12,6 +12,7 @@ from conftest import require_data
 from test_app_helpers import (
     checkpoint_path,
     error_of,
+    iou,
     live_server,
     metric_value,
     one_torch_thread,  # noqa: F401  (autouse)
@@ -135,18 +136,12 @@ def test_following_faces_finds_the_faces_of_whole_frame_detection(monkeypatch) -
     found = same = 0
     for a, b in zip(every, followed, strict=True):
         for face in a.faces:
-            match = max(b.faces, key=lambda f: _iou(f.box, face.box), default=None)
-            if match is not None and _iou(match.box, face.box) > 0.5:
+            match = max(b.faces, key=lambda f: iou(f.box, face.box), default=None)
+            if match is not None and iou(match.box, face.box) > 0.5:
                 found += 1
                 same += int(np.abs(match.probabilities - face.probabilities).max() < 0.1)
     total = sum(len(p.faces) for p in every)
     assert total >= 40 and found >= 0.8 * total and same >= 0.8 * found, (total, found, same)
-
-
-def _iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    return w * h / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h)
 
 
 # -- frames -------------------------------------------------------------------------------------
