@@ -95,6 +95,11 @@ def _overlay(result_id: str, alpha: float | None, max_side: int | None) -> _Call
     return _Call("GET", f"/v1/predictions/{result_id}/overlay.png", {"params": params}, lambda r: r.content)
 
 
+def _reload(admin_key: str, force: bool) -> _Call:
+    """Not retried: a 409 means another reload is running, and sending again would start one more."""
+    return _Call("POST", "/v1/models:reload", {"params": {"force": force}, "headers": {"X-API-Key": admin_key}})
+
+
 def _video(
     video: str | Path | bytes, fps: float | None, max_frames: int | None, detect_every: int | None, stream: bool = False
 ) -> _Call:
@@ -187,6 +192,12 @@ class Client:
     def overlay(self, result_id: str, *, alpha: float | None = None, max_side: int | None = None) -> bytes:
         """The PNG of a stored result's photo with its boxes, labels and masks."""
         call = _overlay(result_id, alpha, max_side)
+        return call.result(self._send(call))
+
+    def reload_model(self, admin_key: str, *, force: bool = False) -> dict[str, Any]:
+        """Have the service load its weights file again (a new release put in its place) and serve it once warmed
+        up: ``{"reloaded", "previous_version", "model", "seconds"}``. Needs the service's FMPN_ADMIN_API_KEY."""
+        call = _reload(admin_key, force)
         return call.result(self._send(call))
 
     def predict_video(
@@ -287,6 +298,10 @@ class AsyncClient:
 
     async def overlay(self, result_id: str, *, alpha: float | None = None, max_side: int | None = None) -> bytes:
         call = _overlay(result_id, alpha, max_side)
+        return call.result(await self._send(call))
+
+    async def reload_model(self, admin_key: str, *, force: bool = False) -> dict[str, Any]:
+        call = _reload(admin_key, force)
         return call.result(await self._send(call))
 
     async def predict_video(

@@ -21,7 +21,7 @@ from app.memory import limit_malloc_arenas
 from app.metrics import Metrics, MetricsMiddleware
 from app.request_id import HEADER, RequestIdMiddleware
 from app.routes import demo, health, models, predictions, results, videos
-from app.security import RateLimiter, check_api_key, check_rate_limit
+from app.security import RateLimiter, check_admin_key, check_api_key, check_rate_limit
 from app.service import Service
 from app.settings import Settings
 from fmpn.inference import Predictor
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     app.include_router(health.router)
     app.include_router(demo.router)
     app.include_router(models.router, dependencies=guarded)
+    app.include_router(models.admin_router, dependencies=[Depends(check_rate_limit), Depends(check_admin_key)])
     app.include_router(predictions.router, dependencies=guarded)
     app.include_router(results.router, dependencies=guarded)
     app.include_router(videos.router, dependencies=guarded)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
@@ -63,6 +63,13 @@ class Metrics:
         self.results_stored = Gauge("fmpn_results_stored", "results held in memory", registry=r)
         self.results_bytes = Gauge("fmpn_results_bytes", "image bytes held in memory by results", registry=r)
         self.ready = Gauge("fmpn_ready", "1 when the model is loaded and warmed up", registry=r)
+        self.model = Info("fmpn_model", "the model new requests get: name, version, profile, device", registry=r)
+        self.reloads = Counter(
+            "fmpn_model_reloads_total",
+            "model reloads by outcome: loaded, unchanged (same SHA-256), failed (the old model kept serving)",
+            ["outcome"],
+            registry=r,
+        )
 
 
 class MetricsMiddleware:

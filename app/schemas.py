@@ -180,10 +180,18 @@ class ModelInfo(BaseModel):
     dtype: str
     flip_average: bool = Field(description="probabilities average each face and its mirror image")
     compiled: bool = Field(description="the model runs compiled with frozen weights (FMPN_COMPILE)")
+    loaded_at: float | None = Field(None, description="when this model started serving (Unix time)")
 
 
 class ModelsResponse(BaseModel):
     models: list[ModelInfo]
+
+
+class ReloadResponse(BaseModel):
+    reloaded: bool = Field(description="false: the file's SHA-256 is the serving model's (nothing loaded; ?force=true)")
+    previous_version: str | None = Field(description="the version that served before (null after a failed start)")
+    model: ModelInfo = Field(description="the model new requests get now")
+    seconds: float = Field(description="time to load and warm up the new model")
 
 
 def mask_png(mask: np.ndarray) -> bytes:

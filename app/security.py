@@ -1,4 +1,5 @@
-"""API key check and per-client rate limit, as dependencies of every /v1 route."""
+"""API key checks (every /v1 route; the admin key for model reloads) and the per-client rate limit, as route
+dependencies."""
 
 from __future__ import annotations
 
@@ -36,6 +37,21 @@ def check_api_key(request: Request) -> None:
         )
     if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
         raise ApiError(401, "invalid_api_key", "the API key is not valid", headers)
+
+
+def check_admin_key(request: Request) -> None:
+    """Model reloads: off (403) unless FMPN_ADMIN_API_KEY is set, then only with that key."""
+    expected = request.app.state.settings.admin_api_key
+    if expected is None:
+        raise ApiError(403, "admin_disabled", "model reloads over HTTP are off: set FMPN_ADMIN_API_KEY to allow them")
+    key = presented_key(request)
+    headers = {"WWW-Authenticate": 'Bearer realm="fmpn-admin"'}
+    if key is None:
+        raise ApiError(
+            401, "missing_api_key", "this route needs the admin key: send X-API-Key or Authorization: Bearer", headers
+        )
+    if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
+        raise ApiError(401, "invalid_api_key", "the admin key is not valid", headers)
 
 
 class RateLimiter:

@@ -2,6 +2,10 @@
 
 Start-up never crashes the process: a missing or corrupt checkpoint leaves the service up, answering
 ``/healthz`` and a ``/readyz`` 503 that names the reason, and logs one line (no stack trace).
+
+A reload (``POST /v1/models:reload``, or the weights file seen changed every ``reload_poll_s``) builds and warms up
+the new model beside the one serving, then swaps it in: each request is answered wholly by the model it started on
+(a video's frames too), so a new release goes live without a restart and without a request lost or mixed.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ import asyncio
 import itertools
 import logging
 import re
+import threading
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import anyio.to_thread
 import torch
@@ -26,7 +32,7 @@ from app.schemas import PredictionResponse, VideoFrameResult, prediction_respons
 from app.settings import Settings
 from app.store import ResultStore, StoredResult
 from app.video import VideoAnalysis, in_memory_file
-from fmpn.checkpoint import CheckpointError
+from fmpn.checkpoint import CheckpointError, file_sha256
 from fmpn.detect import Face
 from fmpn.inference import (
     COMPILE_SETTINGS,
@@ -42,6 +48,15 @@ log = logging.getLogger("app")
 
 # How long a video's frames wait for room in a full inference queue before the video is refused (503).
 VIDEO_QUEUE_WAIT_S = 30.0
+
+# Frames decoded for each frame the service may analyse (FMPN_MAX_VIDEO_FRAMES): a very low ?fps would otherwise decode
+# a whole long video for a handful of frames. 60: one frame every 2 s of a 30 fps video, up to the frame limit.
+DECODED_PER_ANALYSED = 60
+
+# What loading a checkpoint raises when the file is missing, corrupt or not a model.
+LOAD_ERRORS = (CheckpointError, ValueError, OSError, RuntimeError, ImportError)
+
+T = TypeVar("T")
 
 
 def build_predictor(s: Settings) -> Predictor:
@@ -59,6 +74,31 @@ def build_predictor(s: Settings) -> Predictor:
         flip_average=s.flip_average,
         compile=COMPILE_SETTINGS[s.compile],
     )
+
+
+async def _in_own_thread(fn: Callable[[], T]) -> T:
+    """``fn()`` in a new thread that ends when it returns."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def target() -> None:
+        try:
+            value = fn()
+        except BaseException as exc:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, value, None)
+
+    threading.Thread(target=target, name="fmpn-reload", daemon=True).start()
+    return await future
 
 
 class Service:
@@ -79,6 +119,8 @@ class Service:
         )
         self.started_at = time.time()
         self.model_info: dict[str, Any] = {}
+        self.reloading = False
+        self._watcher: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -91,28 +133,17 @@ class Service:
             torch.set_num_threads(self.settings.torch_threads)
         return build_predictor(self.settings)
 
-    async def start(self) -> None:
-        """Load the checkpoint and detector, warm up, start the batcher; failures end in state 'failed'."""
-        try:
-            if self.predictor is None:
-                self.state, self.reason = "loading", f"loading the model from {self.settings.weights}"
-                self.predictor = await self.batcher.run(self._build_predictor)  # on the thread that will run it
-            if self.settings.warmup and not self.predictor.warmed_up:
-                self.state, self.reason = "warming_up", "warming up the model"
-                await self.batcher.run(self.predictor.warmup)
-            self.model_info = self.predictor.info()
-            await self.batcher.start()
-        except asyncio.CancelledError:
-            self.state, self.reason = "stopped", "the service is shutting down"
-            raise
-        except (CheckpointError, ValueError, OSError, RuntimeError, ImportError) as exc:
-            self._fail(f"{exc}")
-            return
-        except Exception as exc:  # anything else: still no crash loop
-            self._fail(f"{type(exc).__name__}: {exc}")
-            return
-        self.state, self.reason = "ready", "ready"
-        self.metrics.ready.set(1)
+    def _build_warm(self) -> Predictor:
+        predictor = self._build_predictor()
+        if self.settings.warmup:
+            predictor.warmup()
+        return predictor
+
+    def _serve(self, predictor: Predictor) -> None:
+        """Make ``predictor`` the one new requests get (requests already accepted keep theirs)."""
+        self.predictor = predictor
+        self.model_info = {**predictor.info(), "loaded_at": round(time.time(), 3)}
+        self.metrics.model.info({k: str(self.model_info[k]) for k in ("name", "version", "profile", "device")})
         log.info(
             "model %s (%s, %s) ready on %s",
             self.model_info["name"],
@@ -121,14 +152,122 @@ class Service:
             self.model_info["device"],
         )
 
+    async def start(self) -> None:
+        """Load the checkpoint and detector, warm up, start the batcher; failures end in state 'failed'."""
+        if self.settings.reload_poll_s > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="fmpn-reload-watch")
+        try:
+            if self.predictor is None:
+                self.state, self.reason = "loading", f"loading the model from {self.settings.weights}"
+                self.predictor = await self.batcher.run(self._build_predictor)  # on the thread that will run it
+            if self.settings.warmup and not self.predictor.warmed_up:
+                self.state, self.reason = "warming_up", "warming up the model"
+                await self.batcher.run(self.predictor.warmup)
+            self._serve(self.predictor)
+            await self.batcher.start()
+        except asyncio.CancelledError:
+            self.state, self.reason = "stopped", "the service is shutting down"
+            raise
+        except LOAD_ERRORS as exc:
+            self._fail(f"{exc}")
+            return
+        except Exception as exc:  # anything else: still no crash loop
+            self._fail(f"{type(exc).__name__}: {exc}")
+            return
+        self.state, self.reason = "ready", "ready"
+        self.metrics.ready.set(1)
+
+    async def reload(self, force: bool = False) -> dict[str, Any]:
+        """Load the weights file again and serve it once it is warmed up; ``force`` False: not when its SHA-256 is
+        the one serving. A file that does not load leaves the model serving as it was (422 ``reload_failed``).
+
+        The new model is built in a thread of its own that ends with the build: a thread that had called torch and
+        lived on would keep a second team of OpenMP workers competing with the inference thread's (app/batching.py).
+        Also the way out of a failed start: fix the file, reload, and the service becomes ready."""
+        if self.reloading:
+            raise ApiError(
+                409,
+                "reload_in_progress",
+                "a reload is already running; retry when it has finished",
+                {"Retry-After": "5"},
+            )
+        if self.state not in ("ready", "failed"):
+            self.require_ready()
+        self.reloading = True
+        task = asyncio.ensure_future(self._reload(force))  # finishes even if the caller goes away
+
+        def done(t: asyncio.Future) -> None:
+            self.reloading = False
+            if not t.cancelled():
+                t.exception()  # retrieved here when the caller has gone
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _reload(self, force: bool) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        previous = self.model_info.get("version") if self.state == "ready" else None
+        serving = f"the model serving ({previous}) keeps serving" if previous else "no model is serving"
+        try:
+            if previous and not force:
+                sha = await anyio.to_thread.run_sync(file_sha256, Path(self.settings.weights))
+                if sha == self.model_info["weights_sha256"]:
+                    self.metrics.reloads.labels("unchanged").inc()
+                    return {"reloaded": False, "previous_version": previous, "seconds": time.perf_counter() - t0}
+            predictor = await _in_own_thread(self._build_warm)
+        except LOAD_ERRORS as exc:
+            reason = re.sub(r"\s*\n\s*", " ", f"{exc}".strip())
+            self.metrics.reloads.labels("failed").inc()
+            log.error("reload failed: %s (%s)", reason, serving)
+            raise ApiError(422, "reload_failed", f"the weights could not be loaded: {reason}; {serving}") from None
+        self._serve(predictor)
+        if self.state != "ready":  # a failed start, fixed
+            await self.batcher.start()
+            self.state, self.reason = "ready", "ready"
+            self.metrics.ready.set(1)
+        self.metrics.reloads.labels("loaded").inc()
+        return {"reloaded": True, "previous_version": previous, "seconds": time.perf_counter() - t0}
+
+    async def _watch(self) -> None:
+        """Every ``reload_poll_s``: a weights file whose size, time or inode changed is loaded again (unless its
+        content is the one serving). A file still being copied fails to load, and changes again: the next look
+        tries again."""
+
+        def signature() -> tuple[int, int, int] | None:
+            try:
+                st = Path(self.settings.weights).stat()
+            except OSError:
+                return None
+            return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+        seen = await anyio.to_thread.run_sync(signature)
+        while True:
+            await asyncio.sleep(self.settings.reload_poll_s)
+            now = await anyio.to_thread.run_sync(signature)
+            if now is None or now == seen or self.reloading or self.state not in ("ready", "failed"):
+                continue
+            seen = now
+            try:
+                outcome = await self.reload()
+            except ApiError as exc:  # logged by reload; the next change tries again
+                log.warning("weights file changed; not reloaded: %s", exc.message)
+                continue
+            if outcome["reloaded"]:
+                log.info("weights file changed; reloaded in %.1f s", outcome["seconds"])
+
     def _fail(self, reason: str) -> None:
         reason = re.sub(r"\s*\n\s*", " ", reason.strip())  # one log line and one /readyz line, whatever the text
         self.state, self.reason = "failed", f"model could not be loaded: {reason}"
         self.metrics.ready.set(0)
-        log.error("%s (the service stays up; /readyz answers 503 until this is fixed and it restarts)", self.reason)
+        log.error(
+            "%s (the service stays up; /readyz answers 503 until this is fixed and it restarts or reloads)", self.reason
+        )
 
     async def stop(self) -> None:
         self.metrics.ready.set(0)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self.state == "ready":
             self.state, self.reason = "stopped", "the service is shutting down"
         await self.batcher.stop()
@@ -143,18 +282,29 @@ class Service:
 
     # -- inference ----------------------------------------------------------------------------
 
-    def _run_batch(
-        self, images: list[Any], options: list[dict[str, Any]]
-    ) -> tuple[list[ImagePrediction], dict[str, float]]:
-        assert self.predictor is not None
+    def _run_batch(self, images: list[Any], options: list[dict[str, Any]]) -> tuple[list[Any], dict[str, float]]:
+        """A batch through the model each image was submitted for (option ``predictor``): one group, unless a
+        reload swapped models while the batch filled."""
         timings: dict[str, float] = {}
+        groups: dict[int, list[int]] = {}
+        for i, option in enumerate(options):
+            groups.setdefault(id(option["predictor"]), []).append(i)
+        results: list[Any] = [None] * len(images)
+        for members in groups.values():
+            predictor = options[members[0]]["predictor"]
+            done = self._run_group(predictor, [images[i] for i in members], [options[i] for i in members], timings)
+            for i, result in zip(members, done, strict=True):
+                results[i] = result
+        return results, timings
+
+    def _run_group(
+        self, predictor: Predictor, images: list[Any], options: list[dict[str, Any]], timings: dict[str, float]
+    ) -> list[Any]:
         limits = [o.get("max_faces") for o in options]
         detects = [o.get("detect", True) for o in options]
         try:
-            faces = self._followed(images, options, timings)
-            return self.predictor.predict(
-                images, max_faces=limits, timings=timings, detect=detects, faces=faces
-            ), timings
+            faces = self._followed(predictor, images, options, timings)
+            return predictor.predict(images, max_faces=limits, timings=timings, detect=detects, faces=faces)
         except Exception as exc:
             if len(images) == 1:
                 raise
@@ -165,23 +315,20 @@ class Service:
         results: list[Any] = []
         for image, option, limit, detect in zip(images, options, limits, detects, strict=True):
             try:
-                faces = self._followed([image], [option], timings)
-                results.extend(
-                    self.predictor.predict([image], max_faces=limit, timings=timings, detect=detect, faces=faces)
-                )
+                faces = self._followed(predictor, [image], [option], timings)
+                results.extend(predictor.predict([image], max_faces=limit, timings=timings, detect=detect, faces=faces))
             except Exception as exc:
                 results.append(exc)
-        return results, timings
+        return results
 
     def _followed(
-        self, images: list[Any], options: list[dict[str, Any]], timings: dict[str, float]
+        self, predictor: Predictor, images: list[Any], options: list[dict[str, Any]], timings: dict[str, float]
     ) -> list[list[Face] | None]:
         """The faces of video frames followed from the frame before (option ``near``: where its faces were;
         ``fmpn.video.FaceFollower``), None for the images to detect whole."""
-        assert self.predictor is not None
         t0 = time.perf_counter()
         faces = [
-            None if o.get("near") is None else self.predictor.detect_near(image, o["near"])
+            None if o.get("near") is None else predictor.detect_near(image, o["near"])
             for image, o in zip(images, options, strict=True)
         ]
         timings["detect"] = timings.get("detect", 0.0) + time.perf_counter() - t0
@@ -230,7 +377,7 @@ class Service:
         False: a live camera's frames would only push other clients' results out of the store).
         ``detect`` False: the image is one face crop, classified whole (no detector)."""
         self.require_ready()
-        assert self.predictor is not None
+        predictor, model_info = self.predictor, self.model_info  # this request's model, whatever a reload does
         t0 = time.perf_counter()
         limit = self.settings.max_faces if max_faces is None else min(max_faces, self.settings.max_faces)
         self.batcher.incoming += 1  # tells the batcher another image is on its way
@@ -240,7 +387,9 @@ class Service:
             self.batcher.incoming -= 1
         t1 = time.perf_counter()
         try:
-            prediction, meta = await self.batcher.submit(decoded.rgb, max_faces=limit, detect=detect)
+            prediction, meta = await self.batcher.submit(
+                decoded.rgb, predictor=predictor, max_faces=limit, detect=detect
+            )
         except ApiError:
             raise
         except QueueFull as exc:
@@ -265,7 +414,7 @@ class Service:
             return prediction_response(
                 result_id,
                 prediction,
-                self.model_info,
+                model_info,
                 include_mask=include_mask,
                 max_faces=limit,
                 warnings=decoded.warnings,
@@ -281,7 +430,7 @@ class Service:
         stored = StoredResult(
             image_bytes=data,
             prediction=prediction,
-            classes=list(self.model_info["classes"]),
+            classes=list(model_info["classes"]),
             response=response.model_dump(mode="json", exclude={"faces": {"__all__": {"mask"}}}),
         )
         self.store.put(result_id, stored)
@@ -303,6 +452,7 @@ class Service:
         Its frames go to the batcher as many at a time as a batch takes of them (one), behind the photos waiting
         (``app/batching.py``): a video slows the service down but does not hold it."""
         self.require_ready()
+        predictor, model_info = self.predictor, self.model_info  # every frame on this model, whatever a reload does
         cap = self.settings.max_video_frames
         frames_cap = cap if max_frames is None else min(max_frames, cap)
         limit = self.settings.max_faces if max_faces is None else min(max_faces, self.settings.max_faces)
@@ -311,10 +461,17 @@ class Service:
                 info = await anyio.to_thread.run_sync(probe_video, path)
             except VideoDecodeError as exc:
                 raise self._undecodable(exc) from None
-            analysis = VideoAnalysis(info, self.model_info, fps, frames_cap, include_mask, keep_frames)
+            analysis = VideoAnalysis(info, model_info, fps, frames_cap, include_mask, keep_frames)
             timings = analysis.timings
             timings.update(decode=0.0, queue=0.0, detect=0.0, model=0.0)
-            frames = sample_frames(path, fps, frames_cap, self.settings.max_pixels)
+            frames = sample_frames(
+                path,
+                fps,
+                frames_cap,
+                self.settings.max_pixels,
+                max_decoded=cap * DECODED_PER_ANALYSED,
+                report=analysis.report,
+            )
             follower = FaceFollower(detect_every)
             try:
                 first = True
@@ -328,11 +485,16 @@ class Service:
                         raise self._undecodable(exc) from None
                     timings["decode"] += time.perf_counter() - t1
                     if first:  # the first frames decoded: the video is good (limits checked, frames readable)
+                        if not chunk:
+                            self.metrics.rejected.labels("invalid_video").inc()
+                            raise ApiError(
+                                400, "invalid_video", "the video has no frame that could be decoded (corrupt or empty)"
+                            )
                         yield analysis
                         first = False
                     if not chunk:
                         break
-                    results = await self._submit_frames(chunk, limit, follower)
+                    results = await self._submit_frames(predictor, chunk, limit, follower)
                     # A batch's stage times are shared by its images: each frame counts its share. The frames of a
                     # chunk wait in the queue together: the chunk counts its longest wait.
                     timings["queue"] += max(meta["queue"] for _, meta in results)
@@ -348,7 +510,7 @@ class Service:
         self.metrics.videos.inc()
 
     async def _submit_frames(
-        self, chunk: list[Frame], limit: int, follower: FaceFollower
+        self, predictor: Predictor, chunk: list[Frame], limit: int, follower: FaceFollower
     ) -> list[tuple[ImagePrediction, dict[str, float]]]:
         """Queue a chunk of frames once there is room for all of them (a video already accepted is not dropped for
         a full queue; it waits, up to VIDEO_QUEUE_WAIT_S). Each frame's faces are looked for where ``follower``
@@ -367,7 +529,9 @@ class Service:
             results = []
             for frame in chunk:
                 near = follower.near()
-                result = await self.batcher.submit(frame.rgb, background=True, max_faces=limit, detect=True, near=near)
+                result = await self.batcher.submit(
+                    frame.rgb, background=True, predictor=predictor, max_faces=limit, detect=True, near=near
+                )
                 follower.seen([face.box for face in result[0].faces], whole=near is None)
                 results.append(result)
             return results

@@ -29,6 +29,12 @@ class Settings(BaseSettings):
         None, description="average each face with its mirror image; default: as the weights' model card says"
     )
     warmup: bool = Field(True, description="run the detector and model once before /readyz says ready")
+    reload_poll_s: float = Field(
+        0.0,
+        ge=0.0,
+        description="look at the weights file every this many seconds and load it again when it changed (a new "
+        "release mounted in its place); 0: off",
+    )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
         description="compile the model with frozen weights (about 2x faster a face on CPU; each of 4 batch shapes "
@@ -51,7 +57,12 @@ class Settings(BaseSettings):
 
     # limits
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest accepted image file, bytes")
-    max_pixels: int = Field(40_000_000, ge=1, description="largest accepted image, width x height")
+    max_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        le=178_956_970,  # Pillow refuses larger images itself (its decompression-bomb limit)
+        description="largest accepted image, width x height (at most 178956970, Pillow's own limit)",
+    )
     max_faces: int = Field(20, ge=1, description="faces classified per image (the largest N)")
     max_batch_images: int = Field(16, ge=1, description="images per POST /v1/predictions:batch")
     videos: bool = Field(True, description="accept POST /v1/videos:predict (FFmpeg decodes the uploads); false: 403")
@@ -73,6 +84,9 @@ class Settings(BaseSettings):
 
     # access
     api_key: SecretStr | None = Field(None, description="when set, every /v1 route needs X-API-Key or Bearer")
+    admin_api_key: SecretStr | None = Field(
+        None, description="when set, POST /v1/models:reload is allowed with this key (X-API-Key or Bearer); else 403"
+    )
     rate_limit_per_minute: float = Field(0.0, ge=0.0, description="requests per client per minute on /v1; 0 = off")
     rate_limit_burst: int | None = Field(None, ge=1, description="bucket size; default: one minute's worth")
     trust_forwarded_for: bool = Field(False, description="identify clients by X-Forwarded-For (behind a proxy)")
@@ -97,7 +111,7 @@ class Settings(BaseSettings):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "admin_api_key", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value in ("", None) else value

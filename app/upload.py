@@ -84,6 +84,9 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str | None, by
     def on_part_end() -> None:
         parts.append((state["headers"], b"".join(state["data"])))
 
+    def on_end() -> None:
+        state["ended"] = True
+
     callbacks = {
         "on_part_begin": on_part_begin,
         "on_header_field": on_header_field,
@@ -91,6 +94,7 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str | None, by
         "on_header_end": on_header_end,
         "on_part_data": on_part_data,
         "on_part_end": on_part_end,
+        "on_end": on_end,
     }
     try:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
@@ -98,6 +102,12 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str | None, by
         parser.finalize()
     except (MultipartParseError, ValueError) as exc:
         raise ApiError(400, "invalid_multipart", f"the multipart body could not be parsed: {exc}") from None
+    if not state.get("ended"):  # a cut-off body: its last part would be lost without a word
+        raise ApiError(
+            400,
+            "invalid_multipart",
+            f"the multipart body is truncated: it has no closing boundary (--{boundary.decode('latin-1')}--)",
+        )
     files: list[tuple[str | None, bytes]] = []
     for headers, data in parts:
         _, disp = parse_options_header(headers.get("content-disposition", b""))
@@ -168,7 +178,7 @@ async def read_images(
             raise ApiError(400, "empty_body", "the request body is empty: send JSON with a base64 image")
         try:
             payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # also: nested too deep, an integer of too many digits
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
         images = _json_images(payload, batch, max_image_bytes)
     else:
@@ -185,7 +195,11 @@ async def read_images(
                 "too_many_images",
                 f"{len(images)} images in one batch; the limit is {max_images} (max_batch_images)",
             )
-        images = images[:1]
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"{len(images)} files sent to a route that takes one image; send several to /v1/predictions:batch",
+        )
     for i, data in enumerate(images):
         if len(data) > max_image_bytes:
             where = f"image {i}" if batch else "the image"
@@ -238,7 +252,12 @@ async def read_video(request: Request, max_video_bytes: int) -> bytes:
             raise ApiError(
                 400, "missing_video", "the multipart body has no file part (send the video as field 'video')"
             )
-        data = files[0][1] if files else b""
+        named = [f for f in files if f[0] == "video"] or files
+        if len(named) > 1:
+            raise ApiError(
+                413, "too_many_videos", f"{len(named)} file parts; send one video (as field 'video') per request"
+            )
+        data = named[0][1] if named else b""
         if len(data) > max_video_bytes:
             raise too_large(f"the video ({len(data)} bytes)", max_video_bytes, "max_video_bytes")
     else:

@@ -15,7 +15,7 @@ from pydantic_core import to_jsonable_python
 from app.errors import ApiError
 from app.schemas import ModelRef, VideoFrameResult, VideoMeta, VideoResponse, track_results, video_frame_result
 from fmpn.inference import ImagePrediction
-from fmpn.video import FaceTracker, Frame, VideoInfo, every_frame, frames_to_sample
+from fmpn.video import DecodeReport, FaceTracker, Frame, VideoInfo, every_frame, frames_to_sample
 
 
 class VideoAnalysis:
@@ -41,6 +41,7 @@ class VideoAnalysis:
         self.frames: list[VideoFrameResult] = []
         self.analysed = 0
         self.timings: dict[str, float] = {}  # seconds, by stage
+        self.report = DecodeReport()  # sample_frames(..., report=analysis.report) fills it in
         self.started = time.perf_counter()
 
     def add(self, frame: Frame, prediction: ImagePrediction) -> VideoFrameResult:
@@ -70,14 +71,15 @@ class VideoAnalysis:
     def summary(self) -> dict[str, Any]:
         expected = frames_to_sample(self.info, self.fps)
         analysed = self.analysed
-        cut = self.max_frames is not None and analysed >= self.max_frames
-        truncated = cut and (expected is None or expected > analysed)
+        cut = self.max_frames is not None and analysed >= self.max_frames and (expected is None or expected > analysed)
+        truncated = cut or self.report.decode_limit is not None
         warnings = []
-        if truncated:
+        if cut:
             warnings.append(
                 f"only the first {analysed} sampled frames were analysed (max_frames={self.max_frames})"
                 + (f" of {expected}" if expected else "")
             )
+        warnings.extend(self.report.warnings(self.info))
         if analysed == 0:
             warnings.append("the video has no frame that could be decoded")
         timings = {k: round(v * 1000, 2) for k, v in self.timings.items()}

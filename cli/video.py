@@ -82,7 +82,7 @@ def run_video(args: argparse.Namespace) -> int:
     overlay_fps = analysis.head()["sampled_fps"] or info.fps or 25.0  # the analysed frames' rate
     timings = analysis.timings
     t0 = time.perf_counter()
-    frames = sample_frames(path, fps, args.max_frames, settings.max_pixels)
+    frames = sample_frames(path, fps, args.max_frames, settings.max_pixels, report=analysis.report)
     expected = frames_to_sample(info, fps)
     total = min(filter(None, (expected, args.max_frames)), default=None)
     table = FrameTable(args.csv, predictor.classes) if args.csv else None

@@ -13,8 +13,8 @@ def read_image(path: str | Path, mode: str = "RGB", what: str = "image") -> np.n
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert(mode), dtype=np.uint8).copy()
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {what} {path}: {exc}") from None
+    except Exception as exc:  # OSError, a decompression bomb, a plugin's own errors: name the file
+        raise ValueError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
 
 
 def pad_edges(image: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:

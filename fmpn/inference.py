@@ -22,7 +22,6 @@ import io
 import math
 import os
 import shutil
-import struct
 import time
 import warnings
 from collections.abc import Sequence
@@ -109,8 +108,8 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
             "not_an_image",
             f"the data is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)}){hint}",
         ) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError("corrupt_image", f"the image header is corrupt: {exc}") from None
+    except Exception as exc:  # Pillow's parsers raise anything on crafted headers
+        raise ImageDecodeError("corrupt_image", f"the image header is corrupt: {type(exc).__name__}: {exc}") from None
     fmt = im.format or "unknown"
     if fmt not in SUPPORTED_FORMATS:
         raise ImageDecodeError(
@@ -125,18 +124,21 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
             "too_many_pixels",
             f"image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} pixels (max_pixels)",
         )
-    frames = int(getattr(im, "n_frames", 1) or 1)
-    if frames > 1:
-        notes.append(f"the image has {frames} frames; only the first frame was used")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            frames = int(getattr(im, "n_frames", 1) or 1)  # reads every frame's header (TIFF pages, GIF frames)
             im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im) or im
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
-        raise ImageDecodeError("corrupt_image", f"the image data is truncated or corrupt: {exc}") from None
-    return DecodedImage(rgb=_to_rgb8(im), format=fmt, warnings=notes)
+            im = ImageOps.exif_transpose(im) or im  # EXIF values of the wrong type raise TypeError
+            rgb = _to_rgb8(im)
+    except Exception as exc:  # truncated data, bad later frames, malformed EXIF: the upload's fault
+        raise ImageDecodeError(
+            "corrupt_image", f"the image data is truncated or corrupt: {type(exc).__name__}: {exc}"
+        ) from None
+    if frames > 1:
+        notes.append(f"the image has {frames} frames; only the first frame was used")
+    return DecodedImage(rgb=rgb, format=fmt, warnings=notes)
 
 
 def _to_rgb8(im: Image.Image) -> np.ndarray:

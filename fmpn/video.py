@@ -104,19 +104,57 @@ def probe_video(path: str | Path) -> VideoInfo:
     return info
 
 
+# Frames in a row that may fail to decode before the rest of a video is given up: one corrupt frame (a damaged
+# upload, a dropped packet) must not end the analysis, and a stream that is broken from there on must.
+MAX_BAD_FRAMES = 25
+
+
+@dataclass
+class DecodeReport:
+    """What decoding a video met on the way, for the answer's warnings (``sample_frames`` fills it in)."""
+
+    decoded: int = 0  # frames read (grabbed), sampled or not
+    skipped: int = 0  # frames that could not be decoded and were passed over
+    gave_up_at: int | None = None  # frame index where MAX_BAD_FRAMES failures in a row ended the video early
+    decode_limit: int | None = None  # set when ``max_decoded`` stopped the decoding
+
+    def warnings(self, info: VideoInfo) -> list[str]:
+        notes = []
+        if self.skipped:
+            notes.append(f"frames that could not be decoded were skipped: {self.skipped}")
+        if self.gave_up_at is not None:
+            of = f" of the {info.frames} the container lists" if info.frames > self.gave_up_at else ""
+            notes.append(
+                f"decoding stopped at frame {self.gave_up_at}{of}: {MAX_BAD_FRAMES} frames in a row could not be read"
+            )
+        if self.decode_limit is not None:
+            notes.append(
+                f"decoding stopped after {self.decode_limit} frames (the limit for this request): "
+                "the analysis covers the video up to there; ask for a higher fps or a shorter video"
+            )
+        return notes
+
+
 def sample_frames(
     path: str | Path,
     fps: float | None = DEFAULT_FPS,
     max_frames: int | None = None,
     max_pixels: int | None = None,
+    max_decoded: int | None = None,
+    report: DecodeReport | None = None,
 ) -> Iterator[Frame]:
     """The video's frames at ``fps`` a second: the first at or after each point of a 1/fps grid of times (None, or
     at least the video's own rate: every frame), at most ``max_frames`` of them. Frames in between are grabbed, not
-    converted. A video whose frames are larger than ``max_pixels`` is refused before any is decoded."""
+    converted. A video whose frames are larger than ``max_pixels`` is refused before any is decoded.
+
+    A frame that cannot be decoded is skipped (up to MAX_BAD_FRAMES in a row); ``max_decoded`` bounds the frames
+    decoded in all (a very low ``fps`` would decode a whole long video for a few frames); ``report`` says what
+    happened."""
     if fps is not None and not (math.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be a positive number, got {fps}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    report = report if report is not None else DecodeReport()
     capture, info = _capture(path)
     try:
         if max_pixels is not None and info.width * info.height > max_pixels:
@@ -129,24 +167,40 @@ def sample_frames(
         # frame numbers are not times. Every frame when no rate is asked or the video's is no higher.
         every = every_frame(info, fps)
         picked = index = 0
+        bad = 0  # frames in a row that could not be decoded, not yet followed by one that could
         next_time = 0.0
         while max_frames is None or picked < max_frames:
-            if not capture.grab():
+            if max_decoded is not None and index >= max_decoded:
+                report.decode_limit = max_decoded
                 break
-            msec = capture.get(cv2.CAP_PROP_POS_MSEC)
-            if math.isfinite(msec) and msec >= 0:
-                time_s = msec / 1000.0
-            else:
-                time_s = index / info.fps if info.fps > 0 else 0.0
-            if every or time_s + 1e-6 >= next_time:
-                ok, bgr = capture.retrieve()
-                if not ok or bgr is None:
-                    break
-                yield Frame(index=index, time_s=time_s, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            ok, wanted, time_s, bgr = capture.grab(), False, 0.0, None
+            if ok:
+                msec = capture.get(cv2.CAP_PROP_POS_MSEC)
+                if math.isfinite(msec) and msec >= 0:
+                    time_s = msec / 1000.0
+                else:
+                    time_s = index / info.fps if info.fps > 0 else 0.0
+                wanted = every or time_s + 1e-6 >= next_time
+                if wanted:
+                    ok, bgr = capture.retrieve()
+                    ok = ok and bgr is not None
+            index += 1
+            if not ok:  # the end of the video, or a frame FFmpeg could not read: the ones after may be fine
+                bad += 1
+                if bad < MAX_BAD_FRAMES:
+                    continue
+                reached = index - bad
+                if info.frames - reached >= MAX_BAD_FRAMES:  # far short of the container's count: not its end
+                    report.gave_up_at = reached
+                break
+            report.skipped += bad  # failures followed by a good frame: frames passed over, not the end
+            bad = 0
+            report.decoded += 1
+            if wanted:
+                yield Frame(index=index - 1, time_s=time_s, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 picked += 1
                 if not every:  # the next grid point after this frame (a long frame may pass several)
                     next_time = (math.floor(time_s * fps + 1e-6) + 1) / fps
-            index += 1
     finally:
         capture.release()
 

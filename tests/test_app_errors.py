@@ -262,6 +262,84 @@ def test_bad_json(client) -> None:
     expect_error(r, 422, "invalid_request", "image")
 
 
+def test_json_nested_too_deep_or_with_a_number_too_long(client) -> None:
+    deep = b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # 200 kB, under the body limit
+    expect_error(post_raw(client, deep, "application/json"), 400, "invalid_json", "not valid JSON")
+    long_number = b'{"image": ' + b"1" * 5000 + b"}"
+    expect_error(post_raw(client, long_number, "application/json"), 400, "invalid_json", "not valid JSON")
+    r = client.post("/v1/predictions:batch", content=deep, headers={"Content-Type": "application/json"})
+    expect_error(r, 400, "invalid_json")
+
+
+def _bad_exif_jpeg() -> bytes:
+    """A JPEG whose EXIF says rotate (Orientation 6) and holds XResolution, a number, as text: Pillow fails
+    re-writing the EXIF as it turns the image upright."""
+    tiff = (
+        b"MM\x00*\x00\x00\x00\x08\x00\x02"
+        + b"\x01\x1a\x00\x02\x00\x00\x00\x04cam\x00"  # XResolution, ASCII "cam"
+        + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"  # Orientation 6
+        + b"\x00\x00\x00\x00"
+    )
+    return encode(photo(PORTRAIT, 320), "JPEG", exif=b"Exif\x00\x00" + tiff)
+
+
+def _tiff_with_a_broken_second_page() -> bytes:
+    im = photo(PORTRAIT, 160)
+    buf = io.BytesIO()
+    im.save(buf, "TIFF", save_all=True, append_images=[im])
+    t = bytearray(buf.getvalue())
+    first = struct.unpack("<I", t[4:8])[0]
+    n1 = struct.unpack("<H", t[first : first + 2])[0]
+    second = struct.unpack("<I", t[first + 2 + 12 * n1 : first + 6 + 12 * n1])[0]
+    for k in range(struct.unpack("<H", t[second : second + 2])[0]):
+        at = second + 2 + 12 * k
+        if struct.unpack("<H", t[at : at + 2])[0] == 256:  # ImageWidth -> a private tag: page 2 has no width
+            t[at : at + 2] = struct.pack("<H", 65000)
+    return bytes(t)
+
+
+def test_malformed_metadata_is_a_corrupt_image_and_fails_only_its_own_batch_item(client) -> None:
+    for data, ctype in ((_bad_exif_jpeg(), "image/jpeg"), (_tiff_with_a_broken_second_page(), "image/tiff")):
+        expect_error(post_raw(client, data, ctype), 400, "corrupt_image", "corrupt")
+    files = [("images", ("bad.jpg", _bad_exif_jpeg())), ("images", ("good.jpg", photo_jpeg(PORTRAIT, 320)))]
+    r = client.post("/v1/predictions:batch?mask=false", files=files)
+    assert r.status_code == 200, r.text
+    bad, good = r.json()["results"]
+    assert bad["error"]["code"] == "corrupt_image" and len(good["result"]["faces"]) == 1
+
+
+def test_a_cut_off_multipart_body_or_extra_files_are_refused_not_dropped(client) -> None:
+    image = photo_jpeg(PORTRAIT, 320)
+
+    def part(name: bytes) -> bytes:
+        head = b'--b\r\nContent-Disposition: form-data; name="' + name + b'"; filename="f.jpg"\r\n'
+        return head + b"Content-Type: image/jpeg\r\n\r\n" + image + b"\r\n"
+
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    r = client.post("/v1/predictions:batch", content=part(b"images") + part(b"images"), headers=multipart)
+    expect_error(r, 400, "invalid_multipart", "truncated", "closing boundary")
+    r = client.post("/v1/predictions", content=part(b"image")[: len(image) // 2], headers=multipart)
+    expect_error(r, 400, "invalid_multipart", "truncated")
+    r = client.post("/v1/predictions", content=part(b"image") + part(b"image") + b"--b--\r\n", headers=multipart)
+    expect_error(r, 413, "too_many_images", "/v1/predictions:batch")
+    r = client.post("/v1/predictions", content=part(b"image") + b"--b--\r\n", headers=multipart)
+    predict_ok(r, faces=1)
+
+
+def test_pixel_limits_stay_within_what_pillow_decodes(tmp_path) -> None:
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+    from fmpn.images import read_image
+
+    with pytest.raises(ValidationError, match="178956970"):
+        Settings(max_pixels=500_000_000)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_with_size(20_000, 20_000))
+    with pytest.raises(ValueError, match=f"cannot read mask {bomb}: DecompressionBombError"):
+        read_image(bomb, "L", what="mask")
+
+
 # -- ids, routes ---------------------------------------------------------------------------------------
 
 

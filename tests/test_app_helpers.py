@@ -150,7 +150,7 @@ class LiveServer:
         return httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 60), **kwargs)
 
     def __enter__(self) -> LiveServer:
-        return self.start()
+        return self if self.thread.is_alive() else self.start()  # live_server() has started it
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()

@@ -21,6 +21,7 @@ from test_app_helpers import (
 from cli.main import main
 from fmpn.inference import Predictor
 from fmpn.video import (
+    DecodeReport,
     FaceFollower,
     FaceTracker,
     VideoDecodeError,
@@ -218,6 +219,46 @@ def test_videos_that_cannot_be_read_get_a_clear_reason(tmp_path) -> None:
     assert container_format(data[:12]) == "mp4"
     assert container_format(b"\x1a\x45\xdf\xa3" + bytes(8)) == "matroska"
     assert container_format(b"RIFF\x00\x00\x00\x00AVI ") == "avi"
+
+
+def mjpeg_avi(path, frames: int = 10, corrupt: tuple[int, ...] = ()):  # noqa: ANN001, ANN201 - a Path
+    """The clip's first ``frames`` frames as an MJPEG AVI (each frame its own JPEG), the JPEG data of the frames in
+    ``corrupt`` overwritten with noise: a damaged upload whose other frames are fine."""
+    rgb = [f.rgb for f in sample_frames(_clip(), fps=None, max_frames=frames)]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (480, 270))
+    for frame in rgb:
+        writer.write(cv2.resize(frame[:, :, ::-1], (480, 270), interpolation=cv2.INTER_AREA))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    movi = data.index(b"movi")  # the frames' chunks, in order, after the headers (which name "00dc" too)
+    chunks = [i for i in range(movi, len(data) - 4) if data[i : i + 4] == b"00dc"][:frames]
+    noise = np.random.default_rng(0)
+    for k in corrupt:
+        at = chunks[k]
+        size = int.from_bytes(data[at + 4 : at + 8], "little")
+        data[at + 10 : at + 8 + size] = noise.integers(0, 256, size - 2, dtype=np.uint8).tobytes()  # past the SOI
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_frame_that_cannot_be_decoded_is_skipped_and_the_rest_read(tmp_path) -> None:
+    report = DecodeReport()
+    video = mjpeg_avi(tmp_path / "damaged.avi", 10, corrupt=(2, 6))
+    assert [f.index for f in sample_frames(video, fps=None, report=report)] == [0, 1, 3, 4, 5, 7, 8, 9]
+    assert report.skipped == 2 and report.decoded == 8 and report.gave_up_at is None
+    assert report.warnings(probe_video(video)) == ["frames that could not be decoded were skipped: 2"]
+    clean = DecodeReport()
+    assert len(list(sample_frames(mjpeg_avi(tmp_path / "clean.avi", 10), fps=None, report=clean))) == 10
+    assert clean == DecodeReport(decoded=10)  # the end of a video is not a skipped frame
+    ruined = DecodeReport()
+    assert list(sample_frames(mjpeg_avi(tmp_path / "ruined.avi", 10, corrupt=tuple(range(10))), report=ruined)) == []
+
+
+def test_decoding_stops_at_its_limit_whatever_the_rate_asked() -> None:
+    report = DecodeReport()  # one frame every 10 s of a 4.2 s clip would decode all 105 frames for one
+    frames = list(sample_frames(_clip(), fps=0.1, max_decoded=30, report=report))
+    assert [f.index for f in frames] == [0] and report.decoded == 30 and report.decode_limit == 30
+    assert "decoding stopped after 30 frames" in report.warnings(probe_video(_clip()))[0]
 
 
 # -- fmpn video ---------------------------------------------------------------------------------
@@ -436,6 +477,26 @@ def test_the_service_refuses_bad_videos_with_the_reason_and_goes_on(server) -> N
             error = error_of(r)
             assert (code is None or error["code"] == code) and text in error["message"], error
         assert client.post("/v1/videos:predict", params={"max_frames": 1}, content=clip).status_code == 200
+
+
+def test_the_service_skips_a_damaged_frame_and_refuses_a_video_with_none(server, tmp_path, monkeypatch) -> None:
+    damaged = mjpeg_avi(tmp_path / "damaged.avi", 8, corrupt=(3,)).read_bytes()
+    ruined = mjpeg_avi(tmp_path / "ruined.avi", 8, corrupt=tuple(range(8))).read_bytes()
+    headers = {"content-type": "video/x-msvideo"}
+    with server.client() as client:
+        r = client.post("/v1/videos:predict", params={"fps": 60}, content=damaged, headers=headers)
+        assert r.status_code == 200, r.text
+        assert [f["frame"] for f in r.json()["frames"]] == [0, 1, 2, 4, 5, 6, 7]
+        assert r.json()["warnings"] == ["frames that could not be decoded were skipped: 1"]
+        r = client.post("/v1/videos:predict", content=ruined, headers=headers)
+        assert r.status_code == 400 and error_of(r)["code"] == "invalid_video", r.text
+        assert "no frame that could be decoded" in error_of(r)["message"]
+        # the frames decoded are bounded too: here 1 a frame analysed (the service allows 60), 8 in all
+        monkeypatch.setattr("app.service.DECODED_PER_ANALYSED", 1)
+        r = client.post("/v1/videos:predict", params={"fps": 0.1}, content=_clip().read_bytes())
+        assert r.status_code == 200, r.text
+        assert r.json()["frames_truncated"] is True and r.json()["frames_analysed"] == 1
+        assert "decoding stopped after 8 frames" in r.json()["warnings"][0]
 
 
 def test_videos_can_be_turned_off() -> None:

@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(request: Request) -> JSONResponse:
     service = request.app.state.service
-    body = {"ready": service.ready, "state": service.state, "reason": service.reason}
+    body = {"ready": service.ready, "state": service.state, "reason": service.reason, "reloading": service.reloading}
     if service.ready:
         body["model"] = {k: service.model_info[k] for k in ("name", "profile", "version", "device")}
         return JSONResponse(body)

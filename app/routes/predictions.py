@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import APIRouter, Query, Request
 
 from app.errors import ApiError
+from app.request_id import current_request_id
 from app.schemas import (
     BatchItem,
     BatchPredictionRequest,
@@ -17,6 +19,8 @@ from app.schemas import (
     error_responses,
 )
 from app.upload import read_images
+
+log = logging.getLogger("app")
 
 router = APIRouter(tags=["predictions"])
 
@@ -154,6 +158,10 @@ async def create_batch(
             )
         except ApiError as exc:
             return BatchItem(index=i, error=ErrorDetail(code=exc.code, message=exc.message))
+        except Exception as exc:  # one image's unexpected failure is its own error, not the batch's
+            log.error("batch image %d failed (request %s): %s: %s", i, current_request_id(), type(exc).__name__, exc)
+            message = "this image could not be processed; the error was logged"
+            return BatchItem(index=i, error=ErrorDetail(code="internal_error", message=message))
         return BatchItem(index=i, result=result)
 
     return BatchResponse(results=list(await asyncio.gather(*(one(i, d) for i, d in enumerate(images)))))
