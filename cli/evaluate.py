@@ -49,7 +49,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from fmpn.data import ckplus48_samples, fmpn_samples, folder_samples
-    from training.evaluate import detect_probabilities, ensemble_probabilities, load_ensemble, remap, score
+    from training.evaluate import detect_probabilities, ensemble_probabilities, extends, load_ensemble, remap, score
 
     ckpts = load_ensemble(args.checkpoints)
     if args.layout == "folder":
@@ -59,7 +59,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         name = "_ids.csv" if args.dataset == "affectnet" else f"_ids_{_fold(args)}.csv"
         split = fmpn_samples(args.data, args.split + name, args.dataset, args.images)
-    split, skipped, dropped = remap(split, ckpts[0].classes)
+    if extends(ckpts[0].classes, split.classes):  # scored on the dataset's classes, as fmpn cv scores its folds
+        skipped, dropped = list(split.skipped_classes), 0
+    else:
+        split, skipped, dropped = remap(split, ckpts[0].classes)
     device = torch.device(args.device)
     found = None
     if args.detect:
@@ -68,6 +71,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         probs, labels, found = detect_probabilities(
             args.checkpoints[0], split, device, args.precision, args.flip_average
         )
+        if probs.shape[1] > len(split.classes):  # the softmax of the first logits: the others' share taken out
+            probs = probs[:, : len(split.classes)]
+            probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-12)
     else:
         probs, labels = ensemble_probabilities(
             ckpts, split, device, args.batch_size, args.flip_average, amp=args.precision == "bfloat16"

@@ -233,12 +233,17 @@ def cmd_cv(args: argparse.Namespace) -> int:
     from training.cv import run_cv
 
     _configure_logging()
+    if args.fold is not None:
+        raise ValueError(f"fmpn cv runs the folds --folds names (e.g. --folds {args.fold}); --fold is fmpn train's")
+    asked_stage1 = args.stage1_niter is not None or args.stage1_niter_decay is not None
+    if args.ablation and asked_stage1:
+        raise ValueError("--ablation trains the classifier alone: it has no stage 1 (drop --stage1-niter/-decay)")
     stage2 = _configs(args, 2)
     stage2.ablation = args.ablation
     stage1 = None
     if args.pretrained:
         stage2.init, stage2.init_parts = args.pretrained, ["generator", "fusion", "classifier"]
-    if not args.ablation and (not args.pretrained or args.stage1_niter is not None):
+    if not args.ablation and (not args.pretrained or asked_stage1):
         # From a pretrained model, stage 1 runs only when asked: it fits the pretrained FMG to the fold's masks
         # (the model's other nets ride along unchanged) before stage 2 goes on from the result.
         stage1 = copy.deepcopy(stage2)

@@ -67,8 +67,10 @@ def test_stage1_then_stage2_losses_fall_and_checkpoint_loads(data, tmp_path) -> 
     assert (tmp_path / "s2" / "tb").is_dir() and any((tmp_path / "s2" / "tb").iterdir())
 
 
-def test_resume_continues_exactly_where_it_stopped(data, tmp_path) -> None:
-    kw = dict(niter=2, niter_decay=1, max_steps=1)  # three epochs at lr x1, x0.5, x0
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_continues_exactly_where_it_stopped(data, tmp_path, workers) -> None:
+    # three epochs at lr x1, x0.5, x0; with a loader worker, whose crops and flips must come out the same too
+    kw = dict(niter=2, niter_decay=1, max_steps=1, workers=workers)
     straight = train(config(data, tmp_path / "straight", stage=2, **kw))
     first = train(config(data, tmp_path / "resumed", stage=2, stop_after=1, **kw))
     assert first.checkpoint.name == "last.pt" and len(first.history) == 1
@@ -78,6 +80,8 @@ def test_resume_continues_exactly_where_it_stopped(data, tmp_path) -> None:
     assert [r["lr"] for r in resumed.history] == [r["lr"] for r in straight.history]
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+    if workers:
+        return
     # Each start writes down what it ran with, so a resume under other library versions shows in the run.
     entries = json.loads((tmp_path / "resumed" / "environment.json").read_text())
     assert [e["started_at_epoch"] for e in entries] == [0, 1]
@@ -259,6 +263,26 @@ def test_two_process_ddp_step_leaves_identical_weights(ckplus48, fmpn_original, 
     assert sum(not torch.equal(a[k], initial[k]) for k in params) > len(params) // 2  # they trained
 
 
+def test_two_process_ddp_resumes_with_each_ranks_own_random_draws(ckplus48, fmpn_original, tmp_path) -> None:
+    """Stopped after an epoch and run again, two ranks end where an uninterrupted run does: last.pt keeps each
+    rank's generator (rank 1 restored with rank 0's would draw rank 0's crops and flips from then on)."""
+    masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for mode, calls in (("straight", [[]]), ("resumed", [["1"], []])):  # resumed: stopped after epoch 1, run again
+        out = tmp_path / mode
+        for extra in calls:
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+            cmd += [str(ROOT / "tests" / "ddp_worker.py"), str(ckplus48), masks, str(out), *extra]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[mode] = load_checkpoint(out / "model.safetensors").state_dict
+        rngs = torch.load(out / "last.pt", weights_only=True)["rng"]
+        assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
+    for key, value in runs["straight"].items():
+        assert torch.equal(value, runs["resumed"][key]), key
+
+
 def test_pretrained_head_rows_are_matched_by_class_name(tmp_path) -> None:
     """FER2013 -> CK+: the six shared classes start from the pretrained rows, contempt keeps its own init."""
     from fmpn.checkpoint import save_checkpoint
@@ -308,6 +332,56 @@ def test_balanced_sampler_evens_out_classes_and_ranks_share_one_draw(ckplus48) -
     ranks[0].set_epoch(1)
     assert list(ranks[0]) != whole[0::2]
     assert list(ranks[0]) == list(ranks[0])
+
+
+def test_options_that_would_do_nothing_or_mislead_are_refused(ckplus48, fmpn_original, tmp_path, capsys) -> None:
+    args = ["--layout", "ckplus48", "--data", str(ckplus48), "--limit", "16", "--niter", "1", "--niter-decay", "0"]
+    args += ["--max-steps", "1", "--no-progress", "--device", "cpu"]
+    train_args = ["train", "stage2", *args, "--fold", "0", "--ablation", "--out", str(tmp_path / "t")]
+    assert main([*train_args, "--select", "val"]) == 2  # CK+'s only evaluation split is the test fold
+    assert "its test split" in capsys.readouterr().err
+    assert main(["cv", *args, "--folds", "0", "--fold", "3", "--ablation", "--out", str(tmp_path / "cv")]) == 2
+    assert "--folds 3" in capsys.readouterr().err
+    cv_args = ["cv", *args, "--folds", "0", "--ablation", "--stage1-niter", "2", "--out", str(tmp_path / "cv")]
+    assert main(cv_args) == 2
+    assert "no stage 1" in capsys.readouterr().err
+    model = tmp_path / "m.safetensors"
+    from fmpn.checkpoint import save_checkpoint
+    from fmpn.classes import CKPLUS
+
+    save_checkpoint(model, build_fmpn(CPU, 7).eval(), CPU, list(CKPLUS))
+    assert main([*train_args, "--init", str(model), "--init-parts", "generator,fusion,clasifier"]) == 2
+    assert "no part named clasifier" in capsys.readouterr().err
+    # --pretrained with only --stage1-niter-decay runs stage 1 too (it was dropped without a word)
+    masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
+    cv = ["cv", *args, "--folds", "0", "--masks", masks, "--pretrained", str(model), "--out", str(tmp_path / "s1")]
+    assert main([*cv, "--stage1-niter-decay", "1"]) == 0
+    assert (tmp_path / "s1" / "fold_0" / "stage1" / "model.safetensors").is_file()
+
+
+def test_select_val_keeps_the_best_epoch_when_the_same_command_runs_again(fer2013, tmp_path, capsys) -> None:
+    """A finished ``--select val`` run asked again (a retried job) keeps its best epoch, not its last; without a
+    validation set it is refused."""
+    from fmpn.checkpoint import file_sha256
+
+    small = tmp_path / "data"
+    for split, n in (("train", 6), ("val", 3)):
+        for folder in sorted((fer2013 / split).iterdir()):
+            (small / split / folder.name).mkdir(parents=True)
+            for image in sorted(folder.iterdir())[:n]:
+                (small / split / folder.name / image.name).symlink_to(image)
+    args = ["train", "stage2", "--data", str(small / "train"), "--out", str(tmp_path / "run"), "--ablation"]
+    args += ["--niter", "4", "--niter-decay", "0", "--lr", "0.01", "--batch-size", "16", "--no-progress"]
+    args += ["--device", "cpu", "--select", "val", "--seed", "1"]
+    assert main(args) == 2 and "pass --val FOLDER" in capsys.readouterr().err
+    assert main([*args, "--val", str(small / "val")]) == 0
+    final = tmp_path / "run" / "model.safetensors"
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    best = max(history, key=lambda r: r["eval_accuracy"])
+    assert load_checkpoint(final).config["result"]["epoch"] == best["epoch"]
+    sha = file_sha256(final)
+    assert main([*args, "--val", str(small / "val")]) == 0
+    assert file_sha256(final) == sha and load_checkpoint(final).config["result"]["epoch"] == best["epoch"]
 
 
 def test_balance_option_reaches_the_sampler_and_rejects_bad_values(ckplus48, tmp_path, capsys) -> None:
@@ -554,7 +628,7 @@ def test_training_follows_the_teacher_targets(ckplus48, tmp_path, capsys) -> Non
     assert anger_share("labels") < 0.5
 
 
-def test_neutral_faces_train_an_extra_class_and_tests_count_ck_classes(ckplus48, fmpn_original, tmp_path) -> None:
+def test_neutral_faces_train_an_extra_class_and_tests_count_ck_classes(ckplus48, fmpn_original, tmp_path, capsys):
     """`fmpn masks neutral-faces` + `fmpn cv --neutral`: CK+ frame-1 faces of training subjects only, as a last
     class 'neutral'; the fold's test still counts the seven CK+ classes, even when the model says neutral."""
     from fmpn.classes import CKPLUS
@@ -596,7 +670,15 @@ def test_neutral_faces_train_an_extra_class_and_tests_count_ck_classes(ckplus48,
     stage2 = config(dataclasses.replace(cfg, limit=32), tmp_path, stage=2, niter=1, max_steps=1)
     (fold,) = run_cv(None, stage2, [0], tmp_path / "cv")
     assert fold["classes"] == list(CKPLUS) and fold["n"] == 78 and len(fold["confusion"]) == len(CKPLUS)
-    assert load_checkpoint(tmp_path / "cv" / "fold_0" / "stage2" / "model.safetensors").classes[-1] == "neutral"
+    fold_model = tmp_path / "cv" / "fold_0" / "stage2" / "model.safetensors"
+    assert load_checkpoint(fold_model).classes[-1] == "neutral"
+    # fmpn evaluate scores such a model as the fold's test did: on the seven classes
+    capsys.readouterr()
+    evaluate_args = ["evaluate", str(fold_model), "--layout", "ckplus48", "--data", str(ckplus48), "--fold", "0"]
+    assert main([*evaluate_args, "--no-flip-average", "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["classes"] == list(CKPLUS) and scored["n"] == 78
+    assert scored["accuracy"] == pytest.approx(fold["accuracy"])
     # A model whose first classes are not the test's, in order, is refused before it runs (FER2013's lack contempt).
     released = load_checkpoint(ROOT / "weights" / "fmpn-cpu-fer2013.safetensors")
     with pytest.raises(ValueError, match="cannot score the classes"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
             break
         result = test_fold(second.checkpoint, cfg2)
         result.update(fold=fold, wall_s=round(time.perf_counter() - t0, 1))
-        result_path.write_text(json.dumps(result, indent=2))
+        _write_text(result_path, json.dumps(result, indent=2))
         # Resume skips a fold with a result, so its optimizer state (~130 MB a fold, cpu profile) is dead weight.
         for state in fold_dir.glob("stage*/last.pt"):
             state.unlink(missing_ok=True)  # several ranks may get here
@@ -60,9 +61,9 @@ def run_cv(stage1: TrainConfig | None, stage2: TrainConfig, folds: list[int], ou
         "mean_accuracy": mean_accuracy(results),
         "mean_accuracy_mirrored": mean_mirrored(results),
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    _write_text(out / "results.json", json.dumps(summary, indent=2))
     report = [format_table(results), format_pooled(results), format_wrong(results)]
-    (out / "table.md").write_text("\n\n".join(report) + "\n")
+    _write_text(out / "table.md", "\n\n".join(report) + "\n")
     return results
 
 
@@ -75,9 +76,22 @@ def _for_fold(cfg: TrainConfig, fold: int, out: Path) -> TrainConfig:
     return cfg
 
 
+def _write_text(path: Path, text: str) -> None:
+    """Whole or not at all (under torchrun every rank writes the same file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _device(name: str) -> torch.device:
+    """Where to test: the device trained on (``cuda:1`` stays ``cuda:1``), the CPU when there is no GPU."""
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda" if name == "auto" else name)
+
+
 def test_fold(checkpoint: Path, cfg: TrainConfig) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    return score_views([load_checkpoint(checkpoint)], load_splits(cfg.data).eval, device)
+    return score_views([load_checkpoint(checkpoint)], load_splits(cfg.data).eval, _device(cfg.device))
 
 
 def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dict:
@@ -100,8 +114,7 @@ def ensemble_fold(runs: list[str | Path], fold: int, device: str = "cpu") -> dic
         checkpoints.append(load_checkpoint(weights))
     if split is None:
         raise ValueError("an ensemble needs at least one run")
-    dev = torch.device("cuda" if torch.cuda.is_available() and device != "cpu" else "cpu")
-    result = score_views(checkpoints, split, dev)
+    result = score_views(checkpoints, split, _device(device))
     result.update(fold=fold)
     return result
 

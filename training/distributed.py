@@ -44,6 +44,15 @@ def barrier(info: Dist) -> None:
         dist.barrier()
 
 
+def gather(info: Dist, obj: object) -> list:
+    """``obj`` of every rank, in rank order, on every rank (a list of one without torchrun)."""
+    if not info.enabled:
+        return [obj]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def teardown(info: Dist) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -77,6 +77,13 @@ class EvalResult:
         return "\n".join(lines)
 
 
+def extends(model_classes: list[str], classes: list[str]) -> bool:
+    """Whether a model's classes are ``classes``, in order, and more after them (a CK+ fold model trained with an
+    extra ``neutral``): such a model is scored on the dataset's classes, the softmax of its first logits."""
+    head = [canonical(c) for c in model_classes[: len(classes)]]
+    return len(model_classes) > len(classes) and head == [canonical(c) for c in classes]
+
+
 def remap(split: SampleSet, model_classes: list[str]) -> tuple[SampleSet, list[str], int]:
     """Relabel ``split`` into the model's classes by name; drop (and report) classes it lacks."""
     mapping = map_classes(split.classes, model_classes)

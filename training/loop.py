@@ -68,6 +68,13 @@ def train(cfg: TrainConfig) -> TrainResult:
         raise ValueError("this stage needs class masks: pass --masks (a folder of <class>.png)")
     train_set = make_dataset(splits.train, profile, splits.masks if needs_masks else None, True, cfg.augment)
     eval_set = make_dataset(splits.eval, profile, None, train=False) if splits.eval else None
+    if cfg.select == "val" and cfg.data.layout != "folder":
+        raise ValueError(
+            f"--select val picks the epoch on a validation set; layout {cfg.data.layout} evaluates on its test split, "
+            "and an epoch picked there would be reported on the faces it was picked on: use --select last"
+        )
+    if cfg.select == "val" and eval_set is None:
+        raise ValueError("--select val picks the epoch on a validation set: pass --val FOLDER (or --select last)")
     sampler: BalancedSampler | DistributedSampler | None = None  # None: plain shuffling
     if cfg.balance:
         labels = [s.label for s in splits.train.samples]
@@ -86,7 +93,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         sampler=sampler,
         num_workers=cfg.workers,
         drop_last=False,
-        persistent_workers=cfg.workers > 0,
+        # Workers start afresh each epoch, seeded from the main process's generator, which last.pt keeps: a resumed
+        # run draws the crops and flips an uninterrupted one would (persistent workers carry state last.pt lacks).
+        persistent_workers=False,
     )
 
     # Model, optionally initialised from an earlier stage or a pretrained checkpoint.
@@ -118,7 +127,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base * rule(scheduler.last_epoch)
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        restore_rng(state["rng"])
+        rng = state["rng"]  # one per rank (a dict: written before that, one for all)
+        restore_rng(rng[info.rank] if isinstance(rng, list) and len(rng) == info.world_size else rng)
         log.info("resumed %s at epoch %d", out, start_epoch)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -186,10 +196,11 @@ def train(cfg: TrainConfig) -> TrainResult:
                 best = result.accuracy
                 save_model(out / "best.safetensors", model, profile, splits.classes, cfg, record)
         history.append(record)
+        rngs = distributed.gather(info, capture_rng())  # every rank's own draws go on after a resume
         if info.is_main:
             log_epoch(writer, record, model, rgb, mask)
             log.info("epoch %s", json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()}))
-            save_state(state_path, model, optimizer, scheduler, epoch + 1, history, best)
+            save_state(state_path, model, optimizer, scheduler, epoch + 1, history, best, rngs)
         distributed.barrier(info)
 
     final = out / "model.safetensors"
@@ -200,6 +211,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     if info.is_main:
         if cfg.select == "val" and (out / "best.safetensors").is_file():
             (out / "best.safetensors").replace(final)
+        elif cfg.select == "val" and final.is_file() and best >= 0:
+            pass  # the same command again on a finished run: model.safetensors already holds the best epoch
         else:
             save_model(final, model, profile, splits.classes, cfg, history[-1] if history else {})
         (out / "history.json").write_text(json.dumps(history, indent=2))
@@ -257,6 +270,7 @@ def make_optimizer(model: FMPN, schedule: Schedule, stage: int) -> torch.optim.O
 
 
 HEAD_PREFIXES = ("classifier.fc.", "classifier.classifier.")
+PARTS = ("generator", "fusion", "classifier")  # what --init-parts may name
 
 
 def load_parts(model: FMPN, path: str, parts: list[str], classes: list[str]) -> None:
@@ -266,6 +280,9 @@ def load_parts(model: FMPN, path: str, parts: list[str], classes: list[str]) -> 
     matched by class name (FER2013 ``angry`` -> CK+ ``anger``), so shared classes start trained and
     the others (CK+ ``contempt``) keep their fresh init.
     """
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"--init-parts: no part named {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
     ckpt = load_checkpoint(path)
     if ckpt.members:
         raise ValueError(
@@ -307,7 +324,9 @@ def _dataset_name(cfg: TrainConfig) -> str:
     return "ckplus48" if cfg.data.layout == "ckplus48" or "ckplus48" in str(cfg.data.images) else "fer2013"
 
 
-def save_state(path: Path, model, optimizer, scheduler, epoch: int, history: list, best: float) -> None:
+def save_state(
+    path: Path, model, optimizer, scheduler, epoch: int, history: list, best: float, rngs: list[dict]
+) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -315,7 +334,7 @@ def save_state(path: Path, model, optimizer, scheduler, epoch: int, history: lis
         "epoch": epoch,
         "history": history,
         "best": best,
-        "rng": capture_rng(),
+        "rng": rngs,  # rank by rank
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
