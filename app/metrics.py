@@ -70,6 +70,8 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        for outcome in ("loaded", "unchanged", "failed"):  # exported at 0 from the start, for alert rules
+            self.reloads.labels(outcome)
 
 
 class MetricsMiddleware:

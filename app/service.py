@@ -215,8 +215,9 @@ class Service:
                     self.metrics.reloads.labels("unchanged").inc()
                     return {"reloaded": False, "previous_version": previous, "seconds": time.perf_counter() - t0}
             predictor = await _in_own_thread(self._build_warm)
-        except LOAD_ERRORS as exc:
-            reason = re.sub(r"\s*\n\s*", " ", f"{exc}".strip())
+        except Exception as exc:  # whatever the file does to the loader: reported, the old model serving on
+            text = f"{exc}" if isinstance(exc, LOAD_ERRORS) else f"{type(exc).__name__}: {exc}"
+            reason = re.sub(r"\s*\n\s*", " ", text.strip())
             self.metrics.reloads.labels("failed").inc()
             log.error("reload failed: %s (%s)", reason, serving)
             raise ApiError(422, "reload_failed", f"the weights could not be loaded: {reason}; {serving}") from None
@@ -251,6 +252,9 @@ class Service:
                 outcome = await self.reload()
             except ApiError as exc:  # logged by reload; the next change tries again
                 log.warning("weights file changed; not reloaded: %s", exc.message)
+                continue
+            except Exception as exc:  # the watch goes on whatever one look meets
+                log.error("weights file changed; reload failed: %s: %s", type(exc).__name__, exc)
                 continue
             if outcome["reloaded"]:
                 log.info("weights file changed; reloaded in %.1f s", outcome["seconds"])

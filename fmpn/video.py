@@ -171,7 +171,8 @@ def sample_frames(
         next_time = 0.0
         while max_frames is None or picked < max_frames:
             if max_decoded is not None and index >= max_decoded:
-                report.decode_limit = max_decoded
+                if not 0 < info.frames <= index:  # frames left (as far as the container says): cut here
+                    report.decode_limit = max_decoded
                 break
             ok, wanted, time_s, bgr = capture.grab(), False, 0.0, None
             if ok:

@@ -127,8 +127,10 @@ def train(cfg: TrainConfig) -> TrainResult:
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
             group["lr"] = base * rule(scheduler.last_epoch)
         start_epoch, history, best = state["epoch"], state["history"], state["best"]
-        rng = state["rng"]  # one per rank (a dict: written before that, one for all)
-        restore_rng(rng[info.rank] if isinstance(rng, list) and len(rng) == info.world_size else rng)
+        rng = state["rng"]  # rank by rank (a dict: an older last.pt, one for all)
+        if isinstance(rng, list):
+            rng = rng[info.rank % len(rng)]  # another number of ranks than before: the run goes on, not exactly
+        restore_rng(rng)
         log.info("resumed %s at epoch %d", out, start_epoch)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
