@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 from fastapi import Request
+from pydantic import SecretStr
 
 from app.errors import ApiError
 
@@ -25,18 +26,23 @@ def presented_key(request: Request) -> str | None:
     return None
 
 
-def check_api_key(request: Request) -> None:
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
+def _require_key(request: Request, expected: SecretStr, name: str, realm: str) -> None:
+    """401 unless the request presents ``expected`` (``name``: what the messages call it), compared in constant
+    time."""
     key = presented_key(request)
-    headers = {"WWW-Authenticate": 'Bearer realm="fmpn"'}
+    headers = {"WWW-Authenticate": f'Bearer realm="{realm}"'}
     if key is None:
         raise ApiError(
-            401, "missing_api_key", "this service needs an API key: send X-API-Key or Authorization: Bearer", headers
+            401, "missing_api_key", f"this route needs the {name}: send X-API-Key or Authorization: Bearer", headers
         )
     if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
-        raise ApiError(401, "invalid_api_key", "the API key is not valid", headers)
+        raise ApiError(401, "invalid_api_key", f"the {name} is not valid", headers)
+
+
+def check_api_key(request: Request) -> None:
+    expected = request.app.state.settings.api_key
+    if expected is not None:
+        _require_key(request, expected, "API key", "fmpn")
 
 
 def check_admin_key(request: Request) -> None:
@@ -44,14 +50,7 @@ def check_admin_key(request: Request) -> None:
     expected = request.app.state.settings.admin_api_key
     if expected is None:
         raise ApiError(403, "admin_disabled", "model reloads over HTTP are off: set FMPN_ADMIN_API_KEY to allow them")
-    key = presented_key(request)
-    headers = {"WWW-Authenticate": 'Bearer realm="fmpn-admin"'}
-    if key is None:
-        raise ApiError(
-            401, "missing_api_key", "this route needs the admin key: send X-API-Key or Authorization: Bearer", headers
-        )
-    if not secrets.compare_digest(key.encode(), expected.get_secret_value().encode()):
-        raise ApiError(401, "invalid_api_key", "the admin key is not valid", headers)
+    _require_key(request, expected, "admin key", "fmpn-admin")
 
 
 class RateLimiter:
