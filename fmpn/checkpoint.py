@@ -97,6 +97,14 @@ class Checkpoint:
         n = len(self.classes)
         model = Ensemble([build_fmpn(p, n) for p in self.members]) if self.members else build_fmpn(self.profile, n)
         expected = model.state_dict()
+        for k, v in self.state_dict.items():  # load_state_dict would cast int codes to float without a word
+            if k in expected and v.is_floating_point() != expected[k].is_floating_point():
+                raise CheckpointError(
+                    f"checkpoint tensor {k} is stored as {v.dtype}, the model needs {expected[k].dtype} "
+                    "(an int8/int4 tensor without its scale?)"
+                )
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise CheckpointError(f"checkpoint tensor {k} holds NaN or infinite values")
         wrong = [k for k, v in self.state_dict.items() if k in expected and v.shape != expected[k].shape]
         if wrong:  # one line, not torch's one line per tensor
             k = wrong[0]
@@ -152,9 +160,15 @@ def save_checkpoint(
     }
     if members:
         meta["members"] = json.dumps([p.to_dict() for p in members])
+    if path.is_dir():
+        raise CheckpointError(f"cannot write the checkpoint to {path}: it is a directory (name a .safetensors file)")
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(_sorted_header(save(state, metadata=meta)))
-    tmp.replace(path)  # never leave a half-written checkpoint behind
+    try:
+        tmp.write_bytes(_sorted_header(save(state, metadata=meta)))
+        tmp.replace(path)  # never leave a half-written checkpoint behind
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"cannot write the checkpoint to {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -203,6 +217,7 @@ def _dequantize(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.T
         name = key[: -len(_SCALE4)]
         q, scale, shape = out.get(name), state[key], state.get(name + _SHAPE)
         dims = [int(d) for d in shape.tolist()] if shape is not None and shape.dim() == 1 else []
+        dims = dims if dims and all(d > 0 for d in dims) else []
         rows = dims[0] if dims else 0
         cols = (math.prod(dims) // rows) if rows else 0
         if (
@@ -219,7 +234,7 @@ def _dequantize(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.T
     for key in (k for k in state if k.endswith(_SCALE)):
         name, scale = key[: -len(_SCALE)], state[key]
         q = out.get(name)
-        if q is None or q.dtype != torch.int8 or scale.shape != (q.shape[0],):
+        if q is None or q.dtype != torch.int8 or q.dim() < 1 or q.shape[0] == 0 or scale.shape != (q.shape[0],):
             raise CheckpointError(f"checkpoint {path} has broken int8 storage: scale {key} does not fit its tensor")
         out[name] = (q.float().reshape(q.shape[0], -1) * scale.float()[:, None]).reshape(q.shape)
     return out
@@ -253,7 +268,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         state = _dequantize(load_file(str(path)), path)
     except CheckpointError:
         raise
-    except (SafetensorError, OSError, ValueError) as exc:
+    except (SafetensorError, OSError, ValueError, IndexError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
@@ -267,7 +282,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         members = json.loads(meta["members"]) if "members" in meta else None
         if members is not None and (not isinstance(members, list) or not all(isinstance(m, dict) for m in members)):
             raise CheckpointError(f"checkpoint {path} has broken metadata: members must be a list of profiles")
-        return Checkpoint(
+        checkpoint = Checkpoint(
             profile=Profile.from_dict(profile),
             classes=json.loads(meta["classes"]),
             state_dict=state,
@@ -275,8 +290,36 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             config=json.loads(meta.get("config", "{}")),
             members=[Profile.from_dict(m) for m in members] if members else None,
         )
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:  # JSONDecodeError, a profile out of range
         raise CheckpointError(f"checkpoint {path} has broken metadata: {exc}") from None
+    problem = _metadata_problem(checkpoint)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} has broken metadata: {problem}")
+    return checkpoint
+
+
+def _metadata_problem(ckpt: Checkpoint) -> str | None:
+    """What is wrong with a checkpoint's classes, template or config (each read by the service), or None."""
+    classes = ckpt.classes
+    if not isinstance(classes, list) or len(classes) < 2 or not all(isinstance(c, str) and c for c in classes):
+        return f"classes must be a list of at least two class names, got {classes!r:.80}"
+    if len(set(classes)) != len(classes):
+        return f"classes must be distinct, got {classes}"
+    template = ckpt.template
+    if template is not None and not (
+        isinstance(template, list)
+        and len(template) == 5
+        and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in p)
+            for p in template
+        )
+    ):
+        return f"template must be five (x, y) points, got {template!r:.80}"
+    if not isinstance(ckpt.config, dict):
+        return f"config must be a JSON object, got {ckpt.config!r:.80}"
+    if not isinstance(ckpt.config.get("flip_average", False), bool):
+        return f"config's flip_average must be true or false, got {ckpt.config['flip_average']!r}"
+    return None
 
 
 def file_sha256(path: str | Path) -> str:

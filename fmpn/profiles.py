@@ -46,6 +46,23 @@ class Profile:
     stage1: Schedule = field(default_factory=lambda: Schedule(150, 150, 32))
     stage2: Schedule = field(default_factory=lambda: Schedule(100, 100, 16))
 
+    def __post_init__(self) -> None:
+        """Checked when built (a checkpoint's metadata builds one): a wrong type or size fails here, in one line."""
+        sizes = {"image_size": (16, 1024), "load_size": (16, 2048), "ngf": (1, 512), "n_blocks": (0, 64)}
+        for name, (low, high) in sizes.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"profile {name} must be a whole number from {low} to {high}, got {value!r}")
+        if self.load_size < self.image_size:
+            raise ValueError(f"profile load_size {self.load_size} is below its image_size {self.image_size}")
+        if self.norm not in ("batch", "instance", "none"):
+            raise ValueError(f"profile norm must be batch, instance or none, got {self.norm!r}")
+        for name in ("cn_maxpool", "prior"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"profile {name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.name, str) or not isinstance(self.backbone, str):
+            raise ValueError("profile name and backbone must be strings")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -43,6 +45,64 @@ def test_bad_files_give_clear_errors(tmp_path) -> None:
     ckpt.profile = CPU  # ngf 16: the weights do not fit
     with pytest.raises(CheckpointError, match="does not fit"):
         ckpt.build_model()
+
+
+def _rewrite(src, dst, tensors=None, **metadata):  # noqa: ANN001, ANN202 - paths
+    """``src``'s tensors (or ``tensors(state)``'s) and metadata, with the metadata entries given replaced: a
+    damaged or crafted file."""
+    from safetensors.torch import load_file, save_file
+
+    from fmpn.checkpoint import read_metadata
+
+    state = load_file(str(src))
+    save_file(tensors(state) if tensors else state, str(dst), metadata={**read_metadata(src), **metadata})
+    return dst
+
+
+def test_damaged_or_crafted_files_are_refused_naming_the_problem(tmp_path) -> None:
+    """Every one of these loaded before, silently wrong (int8 codes taken as weights, NaN logits, a mirror
+    average nobody asked for) or crashed later with an unrelated error."""
+    model = build_fmpn(CPU.replace(ngf=8), 7)
+    int8 = save_checkpoint(tmp_path / "q.safetensors", model, CPU.replace(ngf=8), list("abcdefg"), storage="int8")
+    int4 = save_checkpoint(tmp_path / "q4.safetensors", model, CPU.replace(ngf=8), list("abcdefg"), storage="int4")
+    key4 = next(k for k in load_checkpoint(int4).state_dict if k.startswith("classifier.layer4") and "conv" in k)
+
+    def without(name):  # noqa: ANN001, ANN202
+        return lambda state: {k: v for k, v in state.items() if k != name}
+
+    def with_value(name, value):  # noqa: ANN001, ANN202
+        return lambda state: {**state, name: value}
+
+    cases = {
+        "no scale": (int8, {"tensors": without("classifier.fc.weight::scale")}, "stored as torch.int8"),
+        "NaN": (int8, {"tensors": with_value("classifier.fc.bias", torch.full((7,), float("nan")).half())}, "NaN"),
+        "0-dim int8": (
+            int8,
+            {"tensors": lambda st: {**st, "classifier.fc.weight": torch.tensor(3, dtype=torch.int8)}},
+            "broken int8",
+        ),
+        "negative int4 shape": (
+            int4,
+            {"tensors": with_value(key4 + "::shape", torch.tensor([512, -3, -3, 512]))},
+            "broken int4",
+        ),
+        "config a list": (int8, {"config": "[1, 2]"}, "config must be a JSON object"),
+        "classes a number": (int8, {"classes": "7"}, "classes must be a list"),
+        "classes a string": (int8, {"classes": '"abcdefg"'}, "classes must be a list"),
+        "template of two points": (int8, {"template": "[[0.3, 0.4], [0.7, 0.4]]"}, r"five \(x, y\) points"),
+        "flip_average a string": (int8, {"config": '{"flip_average": "false"}'}, "true or false"),
+        "image size a string": (int8, {"profile": json.dumps({**CPU.to_dict(), "image_size": "64"})}, "image_size"),
+        "a huge generator": (int8, {"profile": json.dumps({**CPU.to_dict(), "ngf": 10**7})}, "ngf must be"),
+    }
+    for name, (src, change, message) in cases.items():
+        path = _rewrite(src, tmp_path / f"{name}.safetensors", **change)
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(path).build_model()
+    # a directory given as the output: one clear error, no .tmp left behind
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(CheckpointError, match="is a directory"):
+        save_checkpoint(tmp_path / "adir", model, CPU.replace(ngf=8), list("abcdefg"))
+    assert not list(tmp_path.glob("adir*.tmp"))
 
 
 def test_release_stores_float16_and_serves_the_file_it_evaluates(tmp_path) -> None:

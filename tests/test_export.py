@@ -121,6 +121,26 @@ def test_export_errors_are_one_line(tmp_path, exported, capsys) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_model_without_the_prior_exports_its_logits_alone(tmp_path, capsys) -> None:
+    """The ablation (the CN alone) has no mask: its graphs have the one output; a bad opset is one line."""
+    torch.manual_seed(1)
+    profile = CPU.replace(prior=False)
+    ckpt = save_checkpoint(tmp_path / "cn.safetensors", build_fmpn(profile, 7), profile, CLASSES)
+    model = load_checkpoint(ckpt).build_model()
+    rgb = torch.rand(3, 3, CPU.image_size, CPU.image_size)
+    for fmt, out in (("onnx", tmp_path / "cn.onnx"), ("torchscript", tmp_path / "cn.torchscript.pt")):
+        assert main(["export", str(ckpt), "--format", fmt, "--out", str(out)]) == 0
+        logits, mask = run_exported(out, fmt, rgb)
+        assert logits.shape == (3, 7) and mask is None
+        assert max_errors(model, out, fmt, rgb)[0] < ATOL_LOGITS
+        assert "no mask" in read_export_metadata(out)["outputs"]
+    assert [o.name for o in onnx.load(str(tmp_path / "cn.onnx")).graph.output] == ["logits"]
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--format", "onnx", "--opset", "99", "--out", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "opset 99 is not supported" in err and "\n" not in err and not (tmp_path / "x.onnx").exists()
+
+
 def test_the_released_ensemble_exports_and_answers_as_served(fer2013, tmp_path) -> None:
     """The default model users get (three models, int4 storage, mirror averaging) through ``fmpn export``: the ONNX
     file gives the PyTorch ensemble's outputs on real FER2013 faces, and says to average the mirror image."""

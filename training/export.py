@@ -60,6 +60,34 @@ class ExportError(ValueError):
     """Bad export arguments or a missing optional dependency (a ValueError, so the CLI prints one line)."""
 
 
+def _max_opset() -> int:
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET
+
+        return int(ONNX_MAX_OPSET)
+    except (ImportError, AttributeError):  # a private constant: the pinned torch's value otherwise
+        return 23
+
+
+MIN_OPSET = 11  # the oldest opset the model's operators export to
+
+
+class _LogitsOnly(nn.Module):
+    """A model without the motion prior (``--ablation``) returns no mask, and a graph cannot return None: its
+    export has the one output, ``logits``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.model(rgb)[0]
+
+
+def _outputs(model: nn.Module) -> tuple[str, ...]:
+    return OUTPUT_NAMES if getattr(model, "has_mask", True) else OUTPUT_NAMES[:1]
+
+
 def check_format(fmt: str) -> str:
     fmt = fmt.lower()
     if fmt not in FORMATS:
@@ -79,10 +107,12 @@ def export_metadata(
     template: list[list[float]] | None = None,
     flip_average: bool = False,
     members: list[Profile] | None = None,
+    has_mask: bool = True,
 ) -> dict[str, str]:
     """``flip_average``: the release averages softmax(logits) of each face and its mirror (the graph runs one view).
     ``members``: an ensemble's profiles (its ``logits`` are the log of the members' mean probabilities)."""
     s = profile.image_size
+    mask = f"; mask: (batch, 1, {s}, {s}) in (0, 1)" if has_mask else " (no mask: a model without the motion prior)"
     extra = {"members_json": json.dumps([p.to_dict() for p in members])} if members else {}
     return {
         "format": EXPORT_FORMAT,
@@ -92,7 +122,7 @@ def export_metadata(
         **extra,
         "image_size": str(s),
         "input": f"{INPUT_NAME}: float32 (batch, 3, {s}, {s}) RGB in [0, 1]",
-        "outputs": f"logits: (batch, {len(classes)}); mask: (batch, 1, {s}, {s}) in (0, 1)",
+        "outputs": f"logits: (batch, {len(classes)}){mask}",
         "template": json.dumps(template),
         "flip_average": json.dumps(flip_average),
     }
@@ -136,20 +166,28 @@ def export_onnx(
         import onnx
     except ImportError:
         raise ExportError("ONNX export needs the onnx package: pip install 'fmpn-fer[export]'") from None
+    if not MIN_OPSET <= opset <= _max_opset():
+        raise ExportError(
+            f"ONNX opset {opset} is not supported: use {MIN_OPSET} to {_max_opset()} (default {DEFAULT_OPSET})"
+        )
     tmp = out.with_name(out.name + ".tmp")
     batch = {0: "batch"}
+    outputs = _outputs(model)
     with _quiet_tracing():
-        torch.onnx.export(
-            model,
-            (example,),
-            str(tmp),
-            input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: batch, **{name: batch for name in OUTPUT_NAMES}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                model if len(outputs) == 2 else _LogitsOnly(model),
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(outputs),
+                dynamic_axes={INPUT_NAME: batch, **{name: batch for name in outputs}},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
+            raise ExportError(f"ONNX export at opset {opset} failed: {' '.join(str(exc).split())[:300]}") from None
     proto = onnx.load(str(tmp))
     del proto.metadata_props[:]
     for key, value in metadata.items():
@@ -164,7 +202,9 @@ def export_onnx(
 def export_torchscript(model: nn.Module, out: Path, example: torch.Tensor, metadata: dict[str, str]) -> None:
     tmp = out.with_name(out.name + ".tmp")
     with _quiet_tracing():
-        traced = torch.jit.trace(model, (example,), check_trace=False)
+        traced = torch.jit.trace(
+            model if _outputs(model) == OUTPUT_NAMES else _LogitsOnly(model), (example,), check_trace=False
+        )
         torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
     tmp.replace(out)
 
@@ -188,7 +228,9 @@ def export_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    metadata = export_metadata(profile, classes, template, flip_average, members)
+    metadata = export_metadata(
+        profile, classes, template, flip_average, members, has_mask=_outputs(model) == OUTPUT_NAMES
+    )
     try:
         with torch.no_grad():
             if fmt == "onnx":
@@ -244,26 +286,30 @@ def read_export_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def run_exported(path: str | Path, fmt: str, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run an exported file on ``rgb`` on the CPU: onnxruntime for ONNX, ``torch.jit.load`` for TorchScript."""
+def run_exported(path: str | Path, fmt: str, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run an exported file on ``rgb`` on the CPU: onnxruntime for ONNX, ``torch.jit.load`` for TorchScript.
+    The mask is None for a model without the motion prior."""
     fmt = check_format(fmt)
     if fmt == "onnx":
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        logits, mask = session.run(list(OUTPUT_NAMES), {INPUT_NAME: rgb.cpu().numpy()})
-        return torch.from_numpy(logits), torch.from_numpy(mask)
+        names = [o.name for o in session.get_outputs()]
+        outputs = [torch.from_numpy(a) for a in session.run(names, {INPUT_NAME: rgb.cpu().numpy()})]
+        return outputs[0], outputs[1] if len(outputs) > 1 else None
     with _quiet_tracing():
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
-        logits, mask = module(rgb.cpu())
-    return logits, mask
+        out = module(rgb.cpu())
+    return (out[0], out[1]) if isinstance(out, tuple) else (out, None)
 
 
 def max_errors(model: nn.Module, path: str | Path, fmt: str, rgb: torch.Tensor) -> tuple[float, float]:
-    """Max absolute difference (logits, mask) between the eval-mode PyTorch model and the exported file."""
+    """Max absolute difference (logits, mask) between the eval-mode PyTorch model and the exported file (mask 0.0
+    for a model without one)."""
     model = model.cpu().eval()
     with torch.no_grad():
         ref_logits, ref_mask = model(rgb)
     logits, mask = run_exported(path, fmt, rgb)
-    return (ref_logits - logits).abs().max().item(), (ref_mask - mask).abs().max().item()
+    mask_error = 0.0 if ref_mask is None or mask is None else (ref_mask - mask).abs().max().item()
+    return (ref_logits - logits).abs().max().item(), mask_error
