@@ -45,6 +45,7 @@ class Job:
     image: Any
     options: dict[str, Any]
     future: asyncio.Future
+    background: bool = False  # a video frame
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -76,6 +77,7 @@ class Batcher:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.incoming = 0  # requests decoding their image, about to submit
         self._batch_seconds = 0.1  # moving average, for Retry-After
+        self._frame_due = False  # the batch before had no frame while one waited
 
     @property
     def depth(self) -> int:
@@ -136,7 +138,7 @@ class Batcher:
         if self._queue is None or self._background is None or self._waiting is None or not self.running:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
-        job = Job(image, options, loop.create_future())
+        job = Job(image, options, loop.create_future(), background)
         if self.room <= 0:
             raise QueueFull(self.queue_size, self.retry_after())
         (self._background if background else self._queue).put_nowait(job)
@@ -144,9 +146,13 @@ class Batcher:
         return await job.future
 
     async def _next(self) -> tuple[Job, bool]:
-        """The next job to run and whether it is a video frame: a waiting photo first, else a waiting frame."""
+        """The next job to run and whether it is a video frame: a waiting photo first, else a waiting frame; but a
+        frame first when the batch before had none while one waited (with ``max_batch`` 1 no batch has room for
+        both, and photos arriving without pause would hold a video back for ever)."""
         assert self._queue is not None and self._background is not None and self._waiting is not None
         while True:
+            if self._frame_due and not self._background.empty():
+                return self._background.get_nowait(), True
             if not self._queue.empty():
                 return self._queue.get_nowait(), False
             if not self._background.empty():
@@ -185,6 +191,7 @@ class Batcher:
         while True:
             first, background = await self._next()
             batch = await self._collect(first, background)
+            self._frame_due = not any(job.background for job in batch) and not self._background.empty()
             now = time.perf_counter()
             live = [job for job in batch if not job.future.done()]  # drop jobs whose client went away
             if not live:

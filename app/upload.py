@@ -16,7 +16,9 @@ from fastapi import Request
 from pydantic import ValidationError
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
+from app.disconnect import client_gone
 from app.errors import ApiError
 
 # Media types of a raw body (and their aliases) that the decoder handles.
@@ -48,11 +50,14 @@ async def read_body(request: Request, limit: int, setting: str) -> bytes:
         raise too_large(f"the request body ({int(length)} bytes)", limit, setting)
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise too_large("the request body", limit, setting)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise too_large("the request body", limit, setting)
+            chunks.append(chunk)
+    except ClientDisconnect:  # an upload cut off: not a server error
+        raise client_gone() from None
     return b"".join(chunks)
 
 

@@ -219,3 +219,17 @@ def test_video_frames_wait_behind_photos_yet_move_on() -> None:
 
     assert asyncio.run(main()) == ["f0", "f1", "f2", "p0", "p1", "p2", "p3", "p4", "p5"]
     assert batches == [["p0", "p1", "p2", "f0"], ["p3", "p4", "p5", "f1"], ["f2"]]
+
+    # One image a batch: a frame goes after each batch without one, however many photos wait (it starved before).
+    batches.clear()
+
+    async def one_a_batch() -> None:
+        batcher = Batcher(run, max_batch=1, max_wait_s=0.0, queue_size=64)
+        await batcher.start()
+        frames = [asyncio.create_task(batcher.submit(f"f{i}", background=True)) for i in range(3)]
+        photos = [asyncio.create_task(batcher.submit(f"p{i}")) for i in range(6)]
+        await asyncio.gather(*frames, *photos)
+        await batcher.stop()
+
+    asyncio.run(one_a_batch())
+    assert batches == [["p0"], ["f0"], ["p1"], ["f1"], ["p2"], ["f2"], ["p3"], ["p4"], ["p5"]]

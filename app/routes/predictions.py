@@ -7,6 +7,7 @@ import logging
 
 from fastapi import APIRouter, Query, Request
 
+from app.disconnect import until_disconnected
 from app.errors import ApiError
 from app.request_id import current_request_id
 from app.schemas import (
@@ -111,8 +112,11 @@ async def create_prediction(
         body_limit=settings.max_body_bytes,
         body_setting="max_image_bytes",
     )
-    return await service.predict(
-        data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions", detect=detect, keep=keep
+    return await until_disconnected(
+        request,
+        service.predict(
+            data, include_mask=mask, max_faces=max_faces, base_path="/v1/predictions", detect=detect, keep=keep
+        ),
     )
 
 
@@ -164,4 +168,5 @@ async def create_batch(
             return BatchItem(index=i, error=ErrorDetail(code="internal_error", message=message))
         return BatchItem(index=i, result=result)
 
-    return BatchResponse(results=list(await asyncio.gather(*(one(i, d) for i, d in enumerate(images)))))
+    results = await until_disconnected(request, asyncio.gather(*(one(i, d) for i, d in enumerate(images))))
+    return BatchResponse(results=list(results))

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from app.disconnect import until_disconnected
 from app.errors import ApiError, error_body
 from app.routes.predictions import MAX_FACES_QUERY
 from app.schemas import VideoResponse, error_responses
@@ -107,8 +108,15 @@ async def predict_video(
         await events.aclose()
         raise
     if not stream:
-        async for _ in events:
-            pass
+
+        async def every_frame() -> None:
+            async for _ in events:
+                pass
+
+        try:
+            await until_disconnected(request, every_frame())
+        finally:
+            await events.aclose()  # the decoder and the in-memory file, also when the client has gone
         return JSONResponse(analysis.response().model_dump(mode="json"))
 
     async def lines() -> AsyncIterator[bytes]:
