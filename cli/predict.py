@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -69,30 +70,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=run_predict)
 
 
-def photo_paths(inputs: list[str]) -> tuple[list[Path], dict[Path, Path]]:
+def photo_paths(inputs: list[str]) -> tuple[list[Path], dict[Path, Path], dict[Path, str]]:
     """The photos to read, in order: files as given, folders walked (sorted, image suffixes, no hidden entries).
-    Also each walked photo's path relative to its folder, for where its overlay goes."""
+    Also each walked photo's path relative to its folder, for where its overlay goes, and the subfolders that could
+    not be listed (a permission), each with the reason: they are reported as failures, not passed over."""
     paths: list[Path] = []
     relative: dict[Path, Path] = {}
+    unlisted: dict[Path, str] = {}
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(
-                p
-                for p in path.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES
-                and not p.is_dir()  # a dangling link is listed, and reported as unreadable
-                and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            )
-            if not found:
+            found: list[Path] = []
+            failures: list[OSError] = []
+            for folder, dirs, files in os.walk(path, onerror=failures.append):  # rglob skips unreadable folders
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                found += [
+                    Path(folder, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
+                ]
+            for error in failures:
+                unlisted[Path(error.filename)] = f"unreadable_folder: {error.strerror or error}"
+            found.sort()
+            if not found and not failures:
                 raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under the folder {path}")
-            paths += found
+            paths += found + sorted(Path(e.filename) for e in failures)
             relative.update((p, p.relative_to(path)) for p in found)
         elif path.is_file():
             paths.append(path)
         else:
             raise FileNotFoundError(f"no such photo or folder: {path}")
-    return paths, relative
+    return paths, relative, unlisted
+
+
+def shown(path: Path) -> str:
+    """A path for messages and JSON: a name that is not UTF-8 with its odd bytes as \\xNN escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _chunks(items: list[Path], size: int) -> Iterator[tuple[int, list[Path]]]:
@@ -116,19 +127,19 @@ def run_predict(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    paths, relative = photo_paths(args.photos)
+    paths, relative, unlisted = photo_paths(args.photos)
+    single = len(paths) == 1 and not relative  # one photo named: its JSON alone (decided before --resume)
     done_before = 0
     if args.resume:
         if not args.csv:
             raise ValueError("--resume goes on with the table of --csv: name it")
-        seen = PhotoTable.photos_in(args.csv)
+        seen = PhotoTable.prepare_resume(args.csv)
         kept = [p for p in paths if str(p) not in seen]
         done_before = len(paths) - len(kept)
         if not kept:
             print(f"fmpn predict: all {len(paths)} photos are in {args.csv} already", file=sys.stderr)
             return 0
         paths = kept
-    single = len(paths) == 1 and not relative
     overlays = not args.no_overlay and (args.out_dir is not None or not relative)
     out_dir = Path(args.out_dir or ".")
     if not args.no_overlay and not overlays:
@@ -139,6 +150,7 @@ def run_predict(args: argparse.Namespace) -> int:
     alpha = settings.mask_alpha if args.alpha is None else args.alpha
     table = PhotoTable(args.csv, predictor.classes, append=args.resume) if args.csv else None
     items: list[BatchItem] = []  # only for the JSON document printed at the end
+    overlay_names: set[Path] = set()  # y.jpg and y.png of one folder: y.overlay.png, then y.png.overlay.png
     failed = faces = 0
     t0 = time.perf_counter()
     progress = tqdm(total=len(paths), unit="photo", disable=None if len(paths) > 1 else True, file=sys.stderr)
@@ -148,15 +160,23 @@ def run_predict(args: argparse.Namespace) -> int:
             decoded: dict[int, Any] = {}
             done: dict[int, BatchItem] = {}
             for i, path in enumerate(chunk, start):
+                if path in unlisted:
+                    code, message = unlisted[path].split(": ", 1)
+                    if single:
+                        raise ValueError(f"{shown(path)}: {message}")
+                    done[i] = BatchItem(index=i, error=ErrorDetail(code=code, message=f"{shown(path)}: {message}"))
+                    continue
                 try:
                     decoded[i] = load_image_file(path, settings.max_pixels)
                 except (ImageDecodeError, OSError) as exc:  # not an image, or not readable (permissions, I/O)
                     code, message = (
-                        (exc.code, exc.message) if isinstance(exc, ImageDecodeError) else ("unreadable_file", str(exc))
+                        (exc.code, exc.message)
+                        if isinstance(exc, ImageDecodeError)
+                        else ("unreadable_file", exc.strerror or str(exc))
                     )
                     if single:
-                        raise ValueError(f"{path}: {message}") from None
-                    done[i] = BatchItem(index=i, error=ErrorDetail(code=code, message=f"{path}: {message}"))
+                        raise ValueError(f"{shown(path)}: {message}") from None
+                    done[i] = BatchItem(index=i, error=ErrorDetail(code=code, message=f"{shown(path)}: {message}"))
             timings: dict[str, float] = {}
             ready = list(decoded)
             predictions = predictor.predict(
@@ -178,13 +198,16 @@ def run_predict(args: argparse.Namespace) -> int:
                 faces += len(prediction.faces)
                 if overlays:
                     target = out_dir / (relative[path] if path in relative else Path(path.name))
-                    target = target.with_name(f"{target.stem}.overlay.png")
+                    plain = target.with_name(f"{target.stem}.overlay.png")
+                    target = plain if plain not in overlay_names else target.with_name(f"{target.name}.overlay.png")
+                    overlay_names.add(target)
                     target.parent.mkdir(parents=True, exist_ok=True)
                     image = render_overlay(decoded[i].rgb, prediction, predictor.classes, alpha=alpha)
                     target.write_bytes(encode_png(image))
                     if not relative:
                         progress.write(
-                            f"fmpn predict: {path}: {len(prediction.faces)} face(s), overlay {target}", file=sys.stderr
+                            f"fmpn predict: {shown(path)}: {len(prediction.faces)} face(s), overlay {shown(target)}",
+                            file=sys.stderr,
                         )
             for i, path in enumerate(chunk, start):  # in the photos' order, whatever failed
                 item = done[i]
@@ -223,7 +246,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def _json_line(path: Path, item: Any) -> str:  # noqa: ANN401 - app.schemas.BatchItem
     body = item.model_dump(mode="json", exclude={"index"}, exclude_none=True)
-    return json.dumps({"photo": str(path), **body}) + "\n"
+    return json.dumps({"photo": shown(path), **body}) + "\n"
 
 
 class PhotoTable(FaceTable):
@@ -234,21 +257,42 @@ class PhotoTable(FaceTable):
         super().__init__(path, ["photo", "face"], classes, ["error"], append=append)
 
     @staticmethod
-    def photos_in(path: str) -> set[str]:
-        """The photos an earlier run wrote rows for (none if there is no table yet)."""
+    def prepare_resume(path: str) -> set[str]:
+        """The photos an earlier run finished (none if there is no table yet), its table rewritten to hold just their
+        rows: a photo that failed is tried again, and so is the last photo when a stop in the middle of writing cut
+        its rows short (a photo's rows are written in one go: the table then does not end with a newline)."""
         import csv
+        import io
 
-        if not Path(path).is_file():
+        from cli.table import ENCODING
+
+        table = Path(path)
+        if not table.is_file() or table.stat().st_size == 0:
             return set()
-        with open(path, newline="") as f:
-            return {row["photo"] for row in csv.DictReader(f) if row.get("photo")}
+        with table.open(newline="", **ENCODING) as f:
+            text = f.read()
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, [])
+        rows = list(reader)
+        column = {name: k for k, name in enumerate(header)}
+        if "photo" not in column or "error" not in column:
+            return set()  # not this table: FaceTable refuses it with the reason
+        last = rows[-1][column["photo"]] if rows and not text.endswith("\n") else None
+        failed = {r[column["photo"]] for r in rows if len(r) != len(header) or r[column["error"]]}
+        keep = [r for r in rows if r[column["photo"]] != last and r[column["photo"]] not in failed]
+        tmp = table.with_name(table.name + ".tmp")
+        with tmp.open("w", newline="", **ENCODING) as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(keep)
+        tmp.replace(table)
+        return {r[column["photo"]] for r in keep}
 
     def add(self, photo: Path, item: Any) -> None:  # noqa: ANN401 - app.schemas.BatchItem
         if item.result is None:
-            self.write([photo, "", *self.blank, f"{item.error.code}: {item.error.message}"])
+            rows = [[photo, "", *self.blank, f"{item.error.code}: {item.error.message}"]]
         elif not item.result.faces:
-            self.write([photo, "", *self.blank, ""])
+            rows = [[photo, "", *self.blank, ""]]
         else:
-            for face in item.result.faces:
-                self.write([photo, face.index, *self.face(face), ""])
-        self.flush()
+            rows = [[photo, face.index, *self.face(face), ""] for face in item.result.faces]
+        self.write_together(rows)

@@ -5,8 +5,12 @@ disk before it ends."""
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
+
+# File names are bytes on POSIX; one that is not UTF-8 (b"photo\xff.jpg") comes back as itself when read again.
+ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
 
 
 class FaceTable:
@@ -18,12 +22,12 @@ class FaceTable:
         target = Path(path)
         append = append and target.is_file() and target.stat().st_size > 0
         if append:
-            with target.open(newline="") as f:
+            with target.open(newline="", **ENCODING) as f:
                 found = next(csv.reader(f), [])
             if found != header:
                 raise ValueError(f"{path} has other columns ({', '.join(found[:9])}, ...): not a table to go on with")
         target.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(target, "a" if append else "w", newline="")  # noqa: SIM115 - closed by close()
+        self.file = open(target, "a" if append else "w", newline="", **ENCODING)  # noqa: SIM115 - closed by close()
         self.rows = csv.writer(self.file)
         self.classes = classes
         if not append:
@@ -49,6 +53,14 @@ class FaceTable:
 
     def write(self, cells: list[Any]) -> None:
         self.rows.writerow(cells)
+
+    def write_together(self, rows: list[list[Any]]) -> None:
+        """Rows that belong together (one photo's faces) in one write, flushed: a run stopped part way leaves all
+        of them or a last row cut short (no newline at the end), never some of them whole."""
+        text = io.StringIO(newline="")
+        csv.writer(text).writerows(rows)
+        self.file.write(text.getvalue())
+        self.file.flush()
 
     def flush(self) -> None:
         self.file.flush()

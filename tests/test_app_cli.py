@@ -156,6 +156,64 @@ def test_predict_resumes_a_folders_table(fast_env, tmp_path, capsys) -> None:
     assert "--resume goes on with the table of --csv" in capsys.readouterr().err
 
 
+def test_predict_folders_lose_no_photo_and_mix_no_overlay(fast_env, tmp_path, capsys, monkeypatch) -> None:
+    """Names that are not UTF-8, two photos one overlay name would fit, a subfolder that cannot be listed, a
+    table cut in the middle of a row, a photo that failed: each is reported or redone, none lost or glued on."""
+    import csv
+    import os
+
+    crops = sorted(require_data("ckplus-neutral-peak", "happiness").iterdir())[:4]
+    folder = tmp_path / "photos"
+    (folder / "locked").mkdir(parents=True)
+    odd = Path(os.fsdecode(bytes(folder) + b"/b\xff.png"))  # a name that is not UTF-8
+    for target, crop in zip((folder / "a.png", odd, folder / "y.jpg", folder / "y.png"), crops, strict=True):
+        target.symlink_to(crop)
+    (folder / "z.png").write_bytes(b"not yet a photo")
+    scandir = os.scandir
+
+    def refusing(path):  # noqa: ANN001, ANN202 - as a folder without read permission (tests run as root)
+        if isinstance(path, (str, os.PathLike)) and Path(path) == folder / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    table, out = tmp_path / "faces.csv", tmp_path / "overlays"
+    argv = ["predict", str(folder), "--no-detect", "--no-mask", "--csv", str(table), "--jsonl", "--out-dir", str(out)]
+    assert main(argv) == 1
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    errors = {Path(line["photo"]).name: line["error"]["code"] for line in lines if "error" in line}
+    assert errors == {"locked": "unreadable_folder", "z.png": "not_an_image"}
+    assert len(lines) == 6 and Path(lines[1]["photo"]).name == "b\\xff.png"  # shown with its odd byte escaped
+    rows = list(csv.DictReader(table.open(encoding="utf-8", errors="surrogateescape", newline="")))
+    assert [r["photo"] for r in rows if r["face"] == "0"].count(str(odd)) == 1  # the name as it is on disk
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.overlay.png",
+        "b\udcff.overlay.png",
+        "y.overlay.png",
+        "y.png.overlay.png",
+    ]
+
+    # z.png is a photo now; the table's last row was cut mid-write: --resume redoes both, nothing glued on
+    (folder / "z.png").unlink()
+    (folder / "z.png").symlink_to(crops[0])
+    text = table.read_bytes()
+    table.write_bytes(text[: text.rindex(b"\n", 0, len(text) - 1) + 30])
+    assert main([*argv, "--resume"]) == 1  # the folder still cannot be listed
+    rows = list(csv.DictReader(table.open(encoding="utf-8", errors="surrogateescape", newline="")))
+    assert sorted(Path(r["photo"]).name for r in rows if not r["error"]) == sorted(
+        ["a.png", odd.name, "y.jpg", "y.png", "z.png"]
+    )
+    assert all(len(r) == len(rows[0]) and None not in r for r in rows)
+    # one photo left to do out of two named: still the batch document, not a single photo's JSON
+    capsys.readouterr()
+    two = ["predict", str(folder / "a.png"), str(folder / "y.png"), "--no-detect", "--no-mask", "--no-overlay"]
+    solo_table = tmp_path / "two.csv"
+    assert main([*two[:2], *two[3:], "--csv", str(solo_table)]) == 0
+    capsys.readouterr()
+    assert main([*two, "--csv", str(solo_table), "--resume"]) == 0
+    assert "results" in json.loads(capsys.readouterr().out)
+
+
 def test_predict_uses_the_released_weights_from_any_folder(monkeypatch, tmp_path, capsys) -> None:
     """A fresh clone predicts with its own weights even when the command runs outside the checkout."""
     photo = require_data("photos", f"{PORTRAITS[1]}.jpg")
