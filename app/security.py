@@ -63,6 +63,7 @@ class RateLimiter:
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last time)
         self._lock = threading.Lock()
+        self._next_prune = 0.0  # past 10,000 clients, full buckets are forgotten at most once a second
 
     def acquire(self, client: str) -> float:
         """0 when the request may go, else the seconds until it may."""
@@ -76,10 +77,11 @@ class RateLimiter:
             else:
                 self._buckets[client] = (tokens, now)
                 wait = (1.0 - tokens) / self.rate
-            if len(self._buckets) > 10_000:  # forget clients whose bucket has refilled
+            if len(self._buckets) > 10_000 and now >= self._next_prune:  # forget clients whose bucket has refilled
                 full = [c for c, (t, ts) in self._buckets.items() if t + (now - ts) * self.rate >= self.capacity]
                 for c in full:
                     del self._buckets[c]
+                self._next_prune = now + 1.0  # not a scan of every client on every request
         return wait
 
 

@@ -559,7 +559,8 @@ class Service:
                 404,
                 "result_not_found",
                 f"no result {result_id!r}: unknown, or expired (results are kept {self.settings.result_ttl_s:g} s, "
-                f"at most {self.settings.result_cap} of them; result_ttl_s / result_cap)",
+                f"at most {self.settings.result_cap} of them and {self.settings.result_max_bytes} bytes of photos; "
+                "result_ttl_s / result_cap / result_max_bytes)",
             )
         return stored
 

@@ -136,6 +136,11 @@ def test_full_queue_answers_503_with_retry_after() -> None:
             r = c.post("/v1/predictions", content=images()["group"], headers={"Content-Type": "image/jpeg"})
             assert r.status_code == 200 and len(r.json()["faces"]) == 6
             assert metric_value(c.get("/metrics").text, "fmpn_rejected_total", reason="queue_full") >= 1
+            # a batch the queue can never hold is refused for good (413), not put off with a Retry-After for ever
+            files = [("images", (f"{i}.jpg", images()["group"])) for i in range(2)]
+            r = c.post("/v1/predictions:batch", files=files)
+            assert r.status_code == 413 and error_of(r)["code"] == "too_many_images", r.text
+            assert "queue_size" in error_of(r)["message"] and "retry-after" not in r.headers
     finally:
         srv.stop()
 

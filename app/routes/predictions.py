@@ -148,6 +148,12 @@ async def create_batch(
         body_limit=settings.max_batch_body_bytes,
         body_setting="max_image_bytes x max_batch_images",
     )
+    if len(images) > settings.queue_size:  # never fits, however long the client waits: not a 503 to retry
+        raise ApiError(
+            413,
+            "too_many_images",
+            f"{len(images)} images in one batch; this service's queue holds at most {settings.queue_size} (queue_size)",
+        )
     free = service.batcher.room
     if len(images) > free:
         raise service.queue_full(
