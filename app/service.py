@@ -58,6 +58,8 @@ LOAD_ERRORS = (CheckpointError, ValueError, OSError, RuntimeError, ImportError)
 
 T = TypeVar("T")
 
+RENDERS_AT_ONCE = 2
+
 
 def build_predictor(s: Settings) -> Predictor:
     """The in-process pipeline configured from the service settings (the service and ``fmpn predict``)."""
@@ -121,6 +123,9 @@ class Service:
         self.model_info: dict[str, Any] = {}
         self.reloading = False
         self._watcher: asyncio.Task | None = None
+        # Overlays at most two at a time: each decodes its photo at full size (a 40-megapixel one is 120 MB, with the
+        # copies rendering makes several times that), and forty at once would be gigabytes.
+        self._renders = asyncio.Semaphore(RENDERS_AT_ONCE)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -577,7 +582,8 @@ class Service:
             self.metrics.stage_latency.labels("render").observe(time.perf_counter() - t0)
             return png
 
-        return await anyio.to_thread.run_sync(work)
+        async with self._renders:
+            return await anyio.to_thread.run_sync(work)
 
     def refresh_gauges(self) -> None:
         self.metrics.queue_depth.set(self.batcher.depth)
