@@ -31,6 +31,51 @@ def test_ckplus_split_files_and_fold_column_agree(ckplus48, fmpn_original) -> No
     assert train.classes == list(CKPLUS)
 
 
+def test_bad_indexes_and_folders_are_refused_naming_the_problem(ckplus48, fmpn_original, tmp_path) -> None:
+    """Each of these was a raw KeyError, a label of -2 taken as sadness, a copy picked by directory order, or every
+    face of a wrong folder trained on as neutral."""
+    from training.neutral import add_neutral
+
+    rows = (ckplus48 / "index.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    cases = {
+        "no fold column": ",".join(c for c in header if c != "fmpn_ckplus_test_fold"),
+        "unlabelled row": None,
+    }
+    for name, new_header in cases.items():
+        root = tmp_path / name.replace(" ", "_")
+        root.mkdir()
+        if new_header is not None:
+            keep = [k for k, c in enumerate(header) if c != "fmpn_ckplus_test_fold"]
+            body = [",".join(r.split(",")[k] for k in keep) for r in rows[1:3]]
+            (root / "index.csv").write_text("\n".join([new_header, *body]) + "\n")
+            message = "lacks the column"
+        else:
+            cells = rows[1].split(",")
+            cells[header.index("ck_emotion_code")] = "-1"
+            (root / "index.csv").write_text("\n".join([rows[0], ",".join(cells)]) + "\n")
+            message = "CK\\+ code -1 is not one of 1-7"
+        with pytest.raises(ValueError, match=message):
+            ckplus48_samples(root, 0, "train", check=False)
+    # the fmpn layout finding a listed name twice under --images
+    images = tmp_path / "images"
+    for sub in ("a", "b"):
+        (images / sub).mkdir(parents=True)
+    name = (fmpn_original / "CKPlus" / "train_ids_0.csv").read_text().split()[0]
+    source = next(ckplus48.rglob(name))
+    for sub in ("a", "b"):
+        shutil.copy(source, images / sub / name)
+    with pytest.raises(ValueError, match=f"{name} is under .* 2 times"):
+        fmpn_samples(fmpn_original / "CKPlus", "train_ids_0.csv", "ckplus", images=images, check=False)
+    # --neutral given a folder that `fmpn masks neutral-faces` did not write
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    (pairs / "index.csv").write_text("relpath,subject,sequence,role\nhappiness/S010_006.png,S010,006,peak\n")
+    split = ckplus48_samples(ckplus48, 0, "train")
+    with pytest.raises(ValueError, match="not a folder written by `fmpn masks neutral-faces`"):
+        add_neutral(split, ckplus48_samples(ckplus48, 0, "test"), pairs)
+
+
 def test_label_pickle_is_read_without_unpickling_objects(fmpn_original, tmp_path) -> None:
     labels = read_labels(fmpn_original / "CKPlus" / "emotion_labels.pkl")
     assert labels == read_labels(fmpn_original / "CKPlus" / "emotion_labels.csv")

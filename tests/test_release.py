@@ -124,6 +124,12 @@ def test_crops_writes_the_services_crops_that_evaluate_scores_alike(fer2013, tmp
     before = written[0].stat().st_mtime_ns
     assert fmpn_main(["crops", str(WEIGHTS), "--data", str(source), "--out", str(out)]) == 0
     assert written[0].stat().st_mtime_ns == before
+    # x.jpg beside x.png: a crop each (they shared one name, and the second was taken as already written)
+    face = source / written[0].relative_to(out).with_suffix(".jpg")
+    shutil.copy(face, face.with_name("twin.jpg"))
+    Image.open(face).save(face.with_name("twin.png"))
+    assert fmpn_main(["crops", str(WEIGHTS), "--data", str(source), "--out", str(out)]) == 0
+    assert (out / face.parent.name / "twin.jpg.png").is_file() and (out / face.parent.name / "twin.png.png").is_file()
 
 
 def test_the_service_without_detection_scores_what_evaluate_scores(fer2013, tmp_path, capsys) -> None:

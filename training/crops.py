@@ -8,6 +8,7 @@ Training on these crops as well teaches the model the framing it is served.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,13 @@ def write_service_crops(weights: str | Path, data: str | Path, out: str | Path, 
     predictor = Predictor(weights, device, max_faces=1)
     root, out = Path(data), Path(out)
     split = folder_samples(root)
+    stems = Counter((s.path.parent, s.path.stem) for s in split.samples)
     report = CropReport()
     for sample in split.samples:
         relative = sample.path.relative_to(root)
         target = (out / relative).with_suffix(".png")
+        if stems[(sample.path.parent, sample.path.stem)] > 1:  # x.jpg beside x.png: x.jpg.png, not one for both
+            target = out / relative.parent / f"{relative.name}.png"
         name = split.classes[sample.label]
         if target.is_file():
             report.written[name] = report.written.get(name, 0) + 1

@@ -79,7 +79,14 @@ def add_neutral(train: SampleSet, test: SampleSet, neutral_dir: str | Path) -> S
         raise ValueError(f"the training split already has a class {NEUTRAL!r}")
     held_out = {s.path.name.split("_")[0] for s in test.samples}
     with open(index, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        columns = reader.fieldnames or []
+    if columns != ["relpath", "subject", "sequence"] or not all(r["relpath"].startswith("neutral/") for r in rows):
+        raise ValueError(
+            f"{neutral_dir} is not a folder written by `fmpn masks neutral-faces` (its {INDEX} has the columns "
+            f"{', '.join(columns)}): every face added would be called neutral"
+        )
     label = len(train.classes)
     added = [Sample(Path(neutral_dir) / r["relpath"], label) for r in rows if r["subject"] not in held_out]
     if not added:

@@ -23,7 +23,7 @@ import numpy as np
 from fmpn.align import align_face
 from fmpn.images import read_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # as the loaders take
 POINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 

@@ -107,11 +107,19 @@ def ckplus48_samples(root: str | Path, fold: int, split: str, check: bool = True
     if not 0 <= fold <= 9:
         raise ValueError(f"CK+ folds are 0-9, not {fold}")
     rows = _read_csv(root / "index.csv")
+    lacking = {"relpath", "ck_emotion_code", "fmpn_ckplus_test_fold"} - set(rows[0] if rows else ())
+    if lacking:
+        raise ValueError(f"{root / 'index.csv'} lacks the column(s) {', '.join(sorted(lacking))} of CK+48's index")
     samples = []
     for row in rows:
-        in_test = int(row["fmpn_ckplus_test_fold"]) == fold
-        if in_test == (split == "test"):
-            samples.append(Sample(root / row["relpath"], int(row["ck_emotion_code"]) - 1))
+        try:
+            row_fold, code = int(row["fmpn_ckplus_test_fold"]), int(row["ck_emotion_code"])
+        except ValueError:
+            raise ValueError(f"{row['relpath']}: fold and CK+ code must be whole numbers in index.csv") from None
+        if not 1 <= code <= len(CKPLUS):  # -1: unlabelled
+            raise ValueError(f"{row['relpath']}: CK+ code {code} is not one of 1-{len(CKPLUS)}")
+        if (row_fold == fold) == (split == "test"):
+            samples.append(Sample(root / row["relpath"], code - 1))
     return _finish(sorted(samples, key=lambda s: s.path.name), list(CKPLUS), [], check)
 
 
@@ -141,7 +149,10 @@ def fmpn_samples(
     names = sorted(n.strip() for n in csv_path.read_text().splitlines() if n.strip())
     label_map = read_labels(labels or _default_labels(data_root))
     image_dir = Path(images) if images else data_root / "imgs"
-    where = {p.name: p for p in image_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES}
+    where: dict[str, list[Path]] = {}
+    for p in sorted(image_dir.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            where.setdefault(p.name, []).append(p)
     samples, missing = [], []
     offset = 1 if dataset == "ckplus" else 0
     for name in names:
@@ -154,7 +165,10 @@ def fmpn_samples(
         if name not in where:
             missing.append(name)
             continue
-        samples.append(Sample(where[name], label))
+        if len(where[name]) > 1:  # which copy would be read depended on the directory order
+            found = ", ".join(str(p) for p in where[name][:3])
+            raise ValueError(f"{name} is under {image_dir} {len(where[name])} times ({found}): point --images lower")
+        samples.append(Sample(where[name][0], label))
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} image(s) listed in {csv_path.name} are not under {image_dir}, e.g. {missing[:3]}"
