@@ -181,12 +181,12 @@ def as_rgb(image: str | Path | bytes | Image.Image | np.ndarray) -> np.ndarray:
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"an image array must be uint8 (0-255), got {image.dtype}")
-        if image.ndim == 2:
-            return np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[2] != 3:
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
             raise ValueError(f"an image array must be (H, W, 3) RGB or (H, W) grey, got shape {image.shape}")
         if min(image.shape[:2]) < 1:
             raise ValueError(f"an image array must not be empty, got shape {image.shape}")
+        if image.ndim == 2:
+            return np.repeat(image[:, :, None], 3, axis=2)
         return np.ascontiguousarray(image)
     raise ValueError(
         f"an image must be a file path, the bytes of an image file, a PIL image or a uint8 array, "
@@ -544,6 +544,19 @@ class Predictor:
         All faces of all images go through the model in one forward. ``timings`` (if given) receives the
         seconds spent in ``detect``, ``align`` and ``model``.
         """
+        for k, image in enumerate(images):  # the array contract, said plainly (torch's errors would not)
+            if not (
+                isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+            ):
+                what = (
+                    f"{image.dtype} array of shape {image.shape}"
+                    if isinstance(image, np.ndarray)
+                    else type(image).__name__
+                )
+                raise ValueError(
+                    f"image {k}: predict takes (H, W, 3) uint8 RGB arrays, got a {what} (predict_images takes files, "
+                    "grey arrays and PIL images)"
+                )
         limits = self._per_image("max_faces", max_faces, len(images))
         limits = [self.max_faces if n is None else n for n in limits]
         detects = [bool(d) for d in self._per_image("detect", detect, len(images))]
@@ -630,7 +643,7 @@ class Predictor:
     @staticmethod
     def _per_image(name: str, value: Any, n: int) -> list[Any]:
         """One option for every image, or a list with one per image."""
-        if value is None or isinstance(value, (bool, int)):
+        if value is None or isinstance(value, (bool, int, np.integer, np.bool_)) or np.ndim(value) == 0:
             return [value] * n
         values = list(value)
         if len(values) != n:

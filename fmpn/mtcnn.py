@@ -120,7 +120,9 @@ def nms_min(boxes: np.ndarray, scores: np.ndarray, threshold: float) -> np.ndarr
     """Greedy NMS where overlap is intersection over the smaller box (MTCNN's last stage)."""
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     area = (x2 - x1 + 1) * (y2 - y1 + 1)
-    order = np.argsort(scores)
+    # stable: numpy's default sort breaks score ties one way for 16 boxes or fewer and another past that, so an
+    # image's faces depended on how many other images shared its batch (boxes of bit-identical scores do occur)
+    order = np.argsort(scores, kind="stable")
     keep: list[int] = []
     while order.size > 0:
         i, rest = order[-1], order[:-1]
@@ -144,6 +146,8 @@ class Cascade:
         from facenet_pytorch.models.mtcnn import ONet, PNet, RNet  # weights from the wheel
 
         self.device = torch.device(device)
+        if min_face_size < 1:
+            raise ValueError(f"min_face_size must be at least 1 pixel, got {min_face_size}")
         self.min_face_size = min_face_size
         self.thresholds = thresholds
         self.pnet, self.rnet, self.onet = (_with_fast_pooling(net().to(self.device)) for net in (PNet, RNet, ONet))

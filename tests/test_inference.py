@@ -138,6 +138,18 @@ def test_max_faces_keeps_the_largest(group, predictor) -> None:
     assert two.faces_detected == 6 and len(two.faces) == 2 and two.faces_truncated
     assert [f.box for f in two.faces] == [f.box for f in full.faces[:2]]
     assert len(all_six.faces) == 6 and not all_six.faces_truncated
+    # numpy's own scalars are options like Python's (they were iterated and failed)
+    (numpy_two,) = predictor.predict([image], max_faces=np.int64(2), detect=np.True_)
+    assert [f.box for f in numpy_two.faces] == [f.box for f in two.faces]
+
+
+def test_arrays_outside_the_contract_are_refused_saying_what_it_is(group, predictor) -> None:
+    image, _ = group
+    for bad in (image[:, :, 0], np.dstack([image, image[:, :, :1]]), image.astype(np.float32)):
+        with pytest.raises(ValueError, match="predict takes \\(H, W, 3\\) uint8 RGB arrays"):
+            predictor.predict([bad])
+    with pytest.raises(ValueError, match="must not be empty"):
+        predictor.predict_images([np.zeros((0, 5), np.uint8)])
 
 
 def test_detect_false_classifies_the_image_whole_beside_detected_photos(group, predictor) -> None:
