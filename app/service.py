@@ -42,7 +42,7 @@ from fmpn.inference import (
     Predictor,
     decode_image,
 )
-from fmpn.video import FaceFollower, Frame, VideoDecodeError, probe_video, sample_frames
+from fmpn.video import FaceFollower, Frame, VideoDecodeError, follow_faces, probe_video, sample_frames
 
 log = logging.getLogger("app")
 
@@ -337,7 +337,7 @@ class Service:
         ``fmpn.video.FaceFollower``), None for the images to detect whole."""
         t0 = time.perf_counter()
         faces = [
-            None if o.get("near") is None else predictor.detect_near(image, o["near"])
+            None if o.get("near") is None else follow_faces(predictor, image, o["near"])[0]
             for image, o in zip(images, options, strict=True)
         ]
         timings["detect"] = timings.get("detect", 0.0) + time.perf_counter() - t0

@@ -120,6 +120,30 @@ def test_faces_are_followed_between_whole_frame_detections() -> None:
         FaceFollower(0)
 
 
+def test_a_face_lost_while_followed_is_looked_for_in_the_whole_frame_at_once() -> None:
+    """Not one frame late, when it would come back as a new track."""
+    from fmpn.video import follow_faces
+
+    class Stub:
+        def __init__(self, near_finds: int) -> None:
+            self.near_finds, self.calls = near_finds, []
+
+        def detect(self, images):  # noqa: ANN001, ANN202
+            self.calls.append("whole")
+            return [["w1", "w2"]]
+
+        def detect_near(self, image, boxes):  # noqa: ANN001, ANN202
+            self.calls.append("near")
+            return ["n"] * self.near_finds
+
+    near = [_box(10, 10, 5), _box(40, 10, 5)]
+    kept = Stub(near_finds=2)
+    assert follow_faces(kept, None, near) == (["n", "n"], False) and kept.calls == ["near"]
+    lost = Stub(near_finds=1)
+    assert follow_faces(lost, None, near) == (["w1", "w2"], True) and lost.calls == ["near", "whole"]
+    assert follow_faces(Stub(0), None, None) == (["w1", "w2"], True)
+
+
 def test_following_faces_finds_the_faces_of_whole_frame_detection(monkeypatch) -> None:
     """The clip's faces, detected in every frame, then followed between whole-frame detections every 4th frame: most
     faces found again where whole-frame detection puts them, with far fewer whole-frame detections."""
