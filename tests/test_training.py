@@ -232,40 +232,12 @@ def test_cv_stage1_from_a_pretrained_model_fits_its_fmg_and_hands_the_rest_on(ck
     assert torch.allclose(final["classifier.fc.weight"], start["classifier.fc.weight"], atol=1e-6)
 
 
-def test_two_process_ddp_step_leaves_identical_weights(ckplus48, fmpn_original, tmp_path) -> None:
-    masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "tests" / "ddp_worker.py"),
-        str(ckplus48),
-        masks,
-        str(tmp_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}
-    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    saved = load_checkpoint(tmp_path / "model.safetensors").state_dict  # written by rank 0
-    torch.manual_seed(0)  # rank 0's seed: the weights both ranks started from (DDP broadcasts them)
-    initial = build_fmpn(CPU, 7).state_dict()
-    params = [k for k in a if "running" not in k and "num_batches" not in k]
-    for key in params:
-        assert torch.equal(a[key], b[key]), key
-        assert torch.equal(a[key], saved[key]), key
-    assert sum(not torch.equal(a[k], initial[k]) for k in params) > len(params) // 2  # they trained
-
-
-def test_two_process_ddp_resumes_with_each_ranks_own_random_draws(ckplus48, fmpn_original, tmp_path) -> None:
-    """Stopped after an epoch and run again, two ranks end where an uninterrupted run does: last.pt keeps each
-    rank's generator (rank 1 restored with rank 0's would draw rank 0's crops and flips from then on)."""
+def test_two_process_ddp_trains_alike_and_resumes_with_each_ranks_own_random_draws(
+    ckplus48, fmpn_original, tmp_path
+) -> None:
+    """Two ranks end with identical weights (DDP); stopped after an epoch and run again, they end where the
+    uninterrupted run does: last.pt keeps each rank's generator (rank 1 restored with rank 0's would draw rank 0's
+    crops and flips from then on)."""
     masks = str(fmpn_original / "CKPlus" / "imgs_res" / "{fold}")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     runs = {}
@@ -281,6 +253,19 @@ def test_two_process_ddp_resumes_with_each_ranks_own_random_draws(ckplus48, fmpn
         assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
     for key, value in runs["straight"].items():
         assert torch.equal(value, runs["resumed"][key]), key
+
+    straight = tmp_path / "straight"
+    ranks = [json.loads((straight / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in ranks] == [0, 1] and {r["world"] for r in ranks} == {2}
+    a = torch.load(straight / "rank0.pt", weights_only=True)
+    b = torch.load(straight / "rank1.pt", weights_only=True)
+    torch.manual_seed(0)  # rank 0's seed: the weights both ranks started from (DDP broadcasts them)
+    initial = build_fmpn(CPU, 7).state_dict()
+    params = [k for k in a if "running" not in k and "num_batches" not in k]
+    for key in params:
+        assert torch.equal(a[key], b[key]), key
+        assert torch.equal(a[key], runs["straight"][key]), key  # rank 0 wrote what both hold
+    assert sum(not torch.equal(a[k], initial[k]) for k in params) > len(params) // 2  # they trained
 
 
 def test_pretrained_head_rows_are_matched_by_class_name(tmp_path) -> None:
