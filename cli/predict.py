@@ -76,7 +76,7 @@ def photo_paths(inputs: list[str]) -> tuple[list[Path], dict[Path, Path], dict[P
     not be listed (a permission), each with the reason: they are reported as failures, not passed over."""
     paths: list[Path] = []
     relative: dict[Path, Path] = {}
-    unlisted: dict[Path, str] = {}
+    unlisted: dict[Path, str] = {}  # folder -> why it could not be listed
     for name in inputs:
         path = Path(name)
         if path.is_dir():
@@ -88,7 +88,7 @@ def photo_paths(inputs: list[str]) -> tuple[list[Path], dict[Path, Path], dict[P
                     Path(folder, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
                 ]
             for error in failures:
-                unlisted[Path(error.filename)] = f"unreadable_folder: {error.strerror or error}"
+                unlisted[Path(error.filename)] = error.strerror or str(error)
             found.sort()
             if not found and not failures:
                 raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under the folder {path}")
@@ -161,10 +161,10 @@ def run_predict(args: argparse.Namespace) -> int:
             done: dict[int, BatchItem] = {}
             for i, path in enumerate(chunk, start):
                 if path in unlisted:
-                    code, message = unlisted[path].split(": ", 1)
+                    message = f"{shown(path)}: {unlisted[path]}"
                     if single:
-                        raise ValueError(f"{shown(path)}: {message}")
-                    done[i] = BatchItem(index=i, error=ErrorDetail(code=code, message=f"{shown(path)}: {message}"))
+                        raise ValueError(message)
+                    done[i] = BatchItem(index=i, error=ErrorDetail(code="unreadable_folder", message=message))
                     continue
                 try:
                     decoded[i] = load_image_file(path, settings.max_pixels)

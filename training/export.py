@@ -84,10 +84,6 @@ class _LogitsOnly(nn.Module):
         return self.model(rgb)[0]
 
 
-def _outputs(model: nn.Module) -> tuple[str, ...]:
-    return OUTPUT_NAMES if getattr(model, "has_mask", True) else OUTPUT_NAMES[:1]
-
-
 def check_format(fmt: str) -> str:
     fmt = fmt.lower()
     if fmt not in FORMATS:
@@ -160,8 +156,14 @@ def _quiet_tracing() -> Iterator[None]:
 
 
 def export_onnx(
-    model: nn.Module, out: Path, example: torch.Tensor, metadata: dict[str, str], opset: int = DEFAULT_OPSET
+    model: nn.Module,
+    out: Path,
+    example: torch.Tensor,
+    metadata: dict[str, str],
+    opset: int = DEFAULT_OPSET,
+    outputs: tuple[str, ...] = OUTPUT_NAMES,
 ) -> None:
+    """``outputs``: the names of what ``model`` returns (logits alone for a model without the prior)."""
     try:
         import onnx
     except ImportError:
@@ -172,11 +174,10 @@ def export_onnx(
         )
     tmp = out.with_name(out.name + ".tmp")
     batch = {0: "batch"}
-    outputs = _outputs(model)
     with _quiet_tracing():
         try:
             torch.onnx.export(
-                model if len(outputs) == 2 else _LogitsOnly(model),
+                model,
                 (example,),
                 str(tmp),
                 input_names=[INPUT_NAME],
@@ -193,7 +194,7 @@ def export_onnx(
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    proto.doc_string = "FMPN facial-expression recognition: rgb -> (logits, mask)"
+    proto.doc_string = f"FMPN facial-expression recognition: rgb -> ({', '.join(outputs)})"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
     tmp.replace(out)
@@ -202,9 +203,7 @@ def export_onnx(
 def export_torchscript(model: nn.Module, out: Path, example: torch.Tensor, metadata: dict[str, str]) -> None:
     tmp = out.with_name(out.name + ".tmp")
     with _quiet_tracing():
-        traced = torch.jit.trace(
-            model if _outputs(model) == OUTPUT_NAMES else _LogitsOnly(model), (example,), check_trace=False
-        )
+        traced = torch.jit.trace(model, (example,), check_trace=False)
         torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
     tmp.replace(out)
 
@@ -228,15 +227,15 @@ def export_model(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    metadata = export_metadata(
-        profile, classes, template, flip_average, members, has_mask=_outputs(model) == OUTPUT_NAMES
-    )
+    has_mask = getattr(model, "has_mask", True)
+    graph = model if has_mask else _LogitsOnly(model)  # decided once, for the metadata and both formats
+    metadata = export_metadata(profile, classes, template, flip_average, members, has_mask=has_mask)
     try:
         with torch.no_grad():
             if fmt == "onnx":
-                export_onnx(model, out, example, metadata, opset)
+                export_onnx(graph, out, example, metadata, opset, OUTPUT_NAMES if has_mask else OUTPUT_NAMES[:1])
             else:
-                export_torchscript(model, out, example, metadata)
+                export_torchscript(graph, out, example, metadata)
     finally:
         out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # never leave a half-written file behind
     return ExportResult(out, fmt, metadata)
