@@ -7,11 +7,8 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from fmpn.align import DEFAULT_TEMPLATE, TEMPLATES, align_face, invert_affine, similarity_transform
-
-torch.set_num_threads(1)
 
 
 def _similarity(scale: float, angle_deg: float, shift: tuple[float, float]) -> np.ndarray:

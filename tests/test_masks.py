@@ -23,8 +23,6 @@ from fmpn.masks import (
     write_mask,
 )
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def original_masks(fmpn_original) -> Path:
