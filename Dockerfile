@@ -81,4 +81,8 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=120s --retries=3 \
 
 # One process: results (for the overlay GETs) and the dynamic batcher live in its memory, so no --workers;
 # scale with more containers (see README, Deployment). All other settings come from FMPN_* variables.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "20"]
+# --timeout-graceful-shutdown 120: after SIGTERM, requests in flight finish for up to 120 s (the longest a request
+# takes: a whole 300-frame video at 2.5 frames/s, 2 CPU cores); an idle process exits at once.
+# --timeout-keep-alive 75: longer than a proxy keeps idle upstream connections (ingress-nginx, 60 s), so the proxy
+# never reuses a connection uvicorn has just closed (sporadic 502s with uvicorn's default 5 s).
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--timeout-graceful-shutdown", "120", "--timeout-keep-alive", "75"]

@@ -59,6 +59,9 @@ class Metrics:
         self.rejected = Counter(
             "fmpn_rejected_total", "requests refused before inference, by reason", ["reason"], registry=r
         )
+        # Exported at 0 from the start, so that increase() in alert rules counts a first failure or refusal.
+        for reason in ("inference_failed", "queue_full", "not_ready", "rate_limited", "invalid_video"):
+            self.rejected.labels(reason)
         self.queue_depth = Gauge("fmpn_queue_depth", "images waiting for the batcher", registry=r)
         self.results_stored = Gauge("fmpn_results_stored", "results held in memory", registry=r)
         self.results_bytes = Gauge("fmpn_results_bytes", "image bytes held in memory by results", registry=r)

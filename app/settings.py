@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fmpn.checkpoint import released_weights
@@ -16,7 +16,8 @@ DEFAULT_WEIGHTS = released_weights()  # the checkout's or the installed package'
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FMPN_", env_file=".env", extra="ignore")
+    # env_ignore_empty: `FMPN_TORCH_THREADS=` (an uncommented example line) means the default, not a bad integer.
+    model_config = SettingsConfigDict(env_prefix="FMPN_", env_file=".env", extra="ignore", env_ignore_empty=True)
 
     # model
     weights: Path = Field(DEFAULT_WEIGHTS, description="checkpoint file (.safetensors)")
@@ -115,6 +116,16 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: object) -> object:
         return None if value in ("", None) else value
+
+    @model_validator(mode="after")
+    def _a_result_fits_its_store(self) -> Settings:
+        # A photo the store cannot hold would be answered with an id that already answers 404.
+        if self.result_max_bytes < self.max_image_bytes:
+            raise ValueError(
+                f"result_max_bytes ({self.result_max_bytes}) is below max_image_bytes ({self.max_image_bytes}): "
+                "the largest accepted photo could not be kept for its overlay; raise FMPN_RESULT_MAX_BYTES"
+            )
+        return self
 
     @property
     def max_body_bytes(self) -> int:

@@ -357,3 +357,14 @@ def test_unknown_result_and_face(client) -> None:
 def test_unknown_route_and_method(client) -> None:
     expect_error(client.get("/v1/nothing-here"), 404, "not_found")
     expect_error(client.get("/v1/predictions"), 405, "method_not_allowed")
+
+
+def test_the_result_store_holds_the_largest_accepted_photo() -> None:
+    """A store cap below the upload limit would answer a large photo with an id that already answers 404."""
+    from pydantic import ValidationError
+
+    from app.settings import Settings
+
+    with pytest.raises(ValidationError, match="result_max_bytes .* is below max_image_bytes"):
+        Settings(_env_file=None, max_image_bytes=2_000_000, result_max_bytes=1_000_000)
+    assert Settings(_env_file=None, max_image_bytes=1_000_000, result_max_bytes=1_000_000).result_max_bytes == 1_000_000

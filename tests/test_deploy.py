@@ -200,6 +200,9 @@ def test_dockerfile_settings(kind: str, stages) -> None:
     assert cmd[:2] == ["uvicorn", "app.main:app"] and not runtime.all("ENTRYPOINT")
     assert _option(cmd, "--host") == "0.0.0.0" and _option(cmd, "--port") == str(PORT)
     assert "--workers" not in cmd, "one process: results and the batcher live in its memory"
+    # Idle connections outlive a proxy's (ingress-nginx keeps upstream ones 60 s), or it reuses closed ones: 502s.
+    assert int(_option(cmd, "--timeout-keep-alive")) > 60
+    assert int(_option(cmd, "--timeout-graceful-shutdown")) >= 60, "a video in flight needs time to finish"
 
     env = runtime.env
     assert env["PATH"].startswith("/opt/venv/bin:")
@@ -345,7 +348,7 @@ def test_compose_matches_the_compose_spec_schema(compose) -> None:
     assert len(list(validator.iter_errors(broken))) == 2
 
 
-def test_compose_services(compose) -> None:
+def test_compose_services(compose, stages) -> None:
     services = compose["services"]
     gpu, cpu = services["fmpn"], services["fmpn-cpu"]
     assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["cpu"]
@@ -362,11 +365,15 @@ def test_compose_services(compose) -> None:
         assert env_file["path"] == "docker/fmpn.env" and env_file["required"] is False
         # A read-only root and a noexec /tmp: the CPU image's compiled kernels load from their own volume.
         assert service["read_only"] is True and "/tmp:mode=1777" in service["tmpfs"]
+        # Docker kills the container when its stop grace ends: after uvicorn's own graceful shutdown, not during it.
+        grace = int(service["stop_grace_period"].removesuffix("s"))
+        cmd = _exec_form(stages["gpu" if service is gpu else "cpu"][-1].last("CMD"))
+        assert grace > int(_option(cmd, "--timeout-graceful-shutdown"))
     assert ENV_EXAMPLE.is_file()
     assert "docker/fmpn.env" in (ROOT / ".gitignore").read_text().split()
 
 
-def test_env_example_names_real_settings_with_their_defaults(stages) -> None:
+def test_env_example_names_real_settings_with_their_defaults(stages, monkeypatch) -> None:
     image_env = stages["gpu"][-1].env
     entries = re.findall(r"^#?(FMPN_[A-Z_]+)=(.*)$", ENV_EXAMPLE.read_text(), flags=re.MULTILINE)
     assert len(entries) >= 15
@@ -377,6 +384,10 @@ def test_env_example_names_real_settings_with_their_defaults(stages) -> None:
             assert value == image_env[env_name], f"{env_name}: the example says {value}, the image sets it"
         elif value == "":
             assert getattr(defaults, name) in (None, []), f"{env_name} is shown empty but defaults to something"
+            # Uncommented as shown, the empty line means the default (not a start-up error, a restart loop).
+            with monkeypatch.context() as env:
+                env.setenv(env_name, "")
+                assert getattr(Settings(_env_file=None), name) == getattr(defaults, name), f"{env_name}= fails"
         else:
             assert getattr(_settings(**{name: value}), name) == getattr(defaults, name), f"{env_name}={value}"
     assert {n for n, _ in entries} >= {"FMPN_API_KEY", "FMPN_RESULT_TTL_S", "FMPN_RATE_LIMIT_PER_MINUTE"}

@@ -197,7 +197,7 @@ def test_a_detector_that_raises_on_a_request(server, caplog) -> None:
 
 
 def test_sigterm_lets_in_flight_predictions_finish(tmp_path) -> None:
-    """The image's command (uvicorn, --timeout-graceful-shutdown 20); one image per batch, so the requests queue
+    """The image's command (uvicorn with a graceful shutdown); one image per batch, so the requests queue
     up. SIGTERM once all of them are inside the server: each still gets its 200, then the process exits cleanly."""
     n = 5
     port = _free_port()
