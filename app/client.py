@@ -5,25 +5,31 @@
     with Client("http://127.0.0.1:8000", api_key=None) as fmpn:
         result = fmpn.predict("photo.jpg")                 # the POST /v1/predictions JSON, as a dict
         png = fmpn.overlay(result["id"], alpha=0.6)        # the rendered overlay
+        mask = fmpn.mask(result["id"], 0)                  # face 0's motion mask, a grey PNG
         for line in fmpn.stream_video("clip.mp4", fps=5):  # JSON lines as the frames are analysed
             ...
 
 :class:`AsyncClient` makes the same calls from asyncio code (``async with``, ``await``, ``async for``).
 
 Backpressure is retried, not raised: 503 ``not_ready`` / ``queue_full`` and 429 ``rate_limited`` wait for their
-``Retry-After`` (at most ``max_wait_s`` in all), as do refused connections while the server starts. Every other
-error answer raises :class:`ServiceError` with the service's code and message.
+``Retry-After`` (seconds or an HTTP date; at most ``max_wait_s`` in all), as do refused connections while the server
+starts. Every other error answer raises :class:`ServiceError` with the service's code and message, as does a streamed
+video's ``error`` line (with the HTTP status the error would have had).
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -60,10 +66,30 @@ def _error(response: httpx.Response) -> ServiceError:
         return ServiceError(response.status_code, "http_error", response.text[:200])
 
 
+def _retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` header asks to wait: delay-seconds or an HTTP date (RFC 9110; proxies and load
+    balancers send dates); 1 s when it is missing or unreadable, 0 for a date already past."""
+    if not value or not value.strip():
+        return 1.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return 1.0 if math.isnan(seconds) else max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 1.0
+    if when.tzinfo is None:  # an HTTP date is GMT; "-0000" parses as naive
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
 def _wait_for(response: httpx.Response, deadline: float) -> float:
     """Seconds to wait before sending again, for backpressure the deadline leaves time for; else the error."""
     error = _error(response)
-    wait = float(response.headers.get("retry-after", "1") or 1)
+    wait = _retry_after(response.headers.get("retry-after"))
     if error.code not in RETRIED.get(response.status_code, set()) or time.monotonic() + wait > deadline:
         raise error
     return wait
@@ -79,20 +105,39 @@ class _Call:
     result: Callable[[httpx.Response], Any] = httpx.Response.json
 
 
+def _given(**params: Any) -> dict[str, Any]:
+    """The query parameters the caller gave (None: the service's default). 0 and False are given."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _result_path(result_id: str) -> str:
+    return f"/v1/predictions/{quote(result_id, safe='')}"
+
+
 def _predict(image: str | Path | bytes, mask: bool, max_faces: int | None, detect: bool, keep: bool) -> _Call:
-    params = {"mask": mask, "detect": detect, "keep": keep, **({"max_faces": max_faces} if max_faces else {})}
+    params = _given(mask=mask, detect=detect, keep=keep, max_faces=max_faces)
     return _Call("POST", "/v1/predictions", {"params": params, "files": {"image": ("image", _content(image))}})
 
 
-def _predict_batch(images: list[str | Path | bytes], mask: bool, keep: bool) -> _Call:
+def _predict_batch(
+    images: list[str | Path | bytes], mask: bool, max_faces: int | None, detect: bool, keep: bool
+) -> _Call:
     files = [("images", (f"image{i}", _content(im))) for i, im in enumerate(images)]
-    kwargs = {"params": {"mask": mask, "keep": keep}, "files": files}
+    kwargs = {"params": _given(mask=mask, detect=detect, keep=keep, max_faces=max_faces), "files": files}
     return _Call("POST", "/v1/predictions:batch", kwargs, lambda r: r.json()["results"])
 
 
-def _overlay(result_id: str, alpha: float | None, max_side: int | None) -> _Call:
-    params = {k: v for k, v in {"alpha": alpha, "max_side": max_side}.items() if v is not None}
-    return _Call("GET", f"/v1/predictions/{result_id}/overlay.png", {"params": params}, lambda r: r.content)
+def _result(result_id: str) -> _Call:
+    return _Call("GET", _result_path(result_id), {})
+
+
+def _overlay(result_id: str, alpha: float | None, boxes: bool, labels: bool, max_side: int | None) -> _Call:
+    params = _given(alpha=alpha, boxes=boxes, labels=labels, max_side=max_side)
+    return _Call("GET", f"{_result_path(result_id)}/overlay.png", {"params": params}, lambda r: r.content)
+
+
+def _mask(result_id: str, face: int) -> _Call:
+    return _Call("GET", f"{_result_path(result_id)}/faces/{int(face)}/mask.png", {}, lambda r: r.content)
 
 
 def _reload(admin_key: str, force: bool) -> _Call:
@@ -101,23 +146,31 @@ def _reload(admin_key: str, force: bool) -> _Call:
 
 
 def _video(
-    video: str | Path | bytes, fps: float | None, max_frames: int | None, detect_every: int | None, stream: bool = False
+    video: str | Path | bytes,
+    fps: float | None,
+    max_frames: int | None,
+    detect_every: int | None,
+    mask: bool,
+    max_faces: int | None,
+    stream: bool = False,
 ) -> _Call:
-    asked = {"fps": fps, "max_frames": max_frames, "detect_every": detect_every}
-    params = {k: v for k, v in asked.items() if v is not None}
+    params = _given(fps=fps, max_frames=max_frames, detect_every=detect_every, mask=mask, max_faces=max_faces)
     headers = {"Content-Type": "application/octet-stream"}
     if stream:
         headers["Accept"] = "application/x-ndjson"
     return _Call("POST", "/v1/videos:predict", {"params": params, "content": _content(video), "headers": headers})
 
 
-def _line(response: httpx.Response, text: str) -> dict[str, Any] | None:
-    """One streamed JSON line (None for a blank one); an ``error`` line raises."""
+def _line(text: str) -> dict[str, Any] | None:
+    """One streamed JSON line (None for a blank one); an ``error`` line raises, with the HTTP status the service
+    says the error would have had (the stream's own is 200: it was sent before the error; 500 if none is given)."""
     if not text:
         return None
     line = json.loads(text)
     if line.get("type") == "error":
-        raise _service_error(response.status_code, line["error"])
+        status = line.get("status")
+        valid = isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599
+        raise _service_error(status if valid else 500, line["error"])
     return line
 
 
@@ -183,15 +236,39 @@ class Client:
         return call.result(self._send(call))
 
     def predict_batch(
-        self, images: list[str | Path | bytes], *, mask: bool = True, keep: bool = True
+        self,
+        images: list[str | Path | bytes],
+        *,
+        mask: bool = True,
+        max_faces: int | None = None,
+        detect: bool = True,
+        keep: bool = True,
     ) -> list[dict[str, Any]]:
         """Several photos in one request: ``{"index", "result" or "error"}`` per photo, in order."""
-        call = _predict_batch(images, mask, keep)
+        call = _predict_batch(images, mask, max_faces, detect, keep)
         return call.result(self._send(call))
 
-    def overlay(self, result_id: str, *, alpha: float | None = None, max_side: int | None = None) -> bytes:
+    def result(self, result_id: str) -> dict[str, Any]:
+        """A stored result (``GET /v1/predictions/{id}``): the prediction's JSON without masks (``mask_url``)."""
+        call = _result(result_id)
+        return call.result(self._send(call))
+
+    def overlay(
+        self,
+        result_id: str,
+        *,
+        alpha: float | None = None,
+        boxes: bool = True,
+        labels: bool = True,
+        max_side: int | None = None,
+    ) -> bytes:
         """The PNG of a stored result's photo with its boxes, labels and masks."""
-        call = _overlay(result_id, alpha, max_side)
+        call = _overlay(result_id, alpha, boxes, labels, max_side)
+        return call.result(self._send(call))
+
+    def mask(self, result_id: str, face: int) -> bytes:
+        """Face ``face``'s motion mask of a stored result: an 8-bit grey PNG at the aligned-crop size."""
+        call = _mask(result_id, face)
         return call.result(self._send(call))
 
     def reload_model(self, admin_key: str, *, force: bool = False) -> dict[str, Any]:
@@ -207,10 +284,13 @@ class Client:
         fps: float | None = None,
         max_frames: int | None = None,
         detect_every: int | None = None,
+        mask: bool = False,
+        max_faces: int | None = None,
     ) -> dict[str, Any]:
         """A video's sampled frames with their faces' track ids, and the tracks; one answer at the end.
-        ``detect_every`` N: faces followed between whole-frame detections every N sampled frames (faster)."""
-        call = _video(video, fps, max_frames, detect_every)
+        ``detect_every`` N: faces followed between whole-frame detections every N sampled frames (faster);
+        ``mask``: each face's motion mask too (large for a video)."""
+        call = _video(video, fps, max_frames, detect_every, mask, max_faces)
         return call.result(self._send(call))
 
     def stream_video(
@@ -220,13 +300,16 @@ class Client:
         fps: float | None = None,
         max_frames: int | None = None,
         detect_every: int | None = None,
+        mask: bool = False,
+        max_faces: int | None = None,
     ) -> Iterator[dict[str, Any]]:
         """The same as JSON lines while the frames are analysed: a ``video`` line, ``frame`` lines, a ``summary``.
         An ``error`` line (the analysis failed midway) raises :class:`ServiceError` after the lines before it."""
-        response = self._send(_video(video, fps, max_frames, detect_every, stream=True), stream=True)
+        call = _video(video, fps, max_frames, detect_every, mask, max_faces, stream=True)
+        response = self._send(call, stream=True)
         try:
             for text in response.iter_lines():
-                line = _line(response, text)
+                line = _line(text)
                 if line is not None:
                     yield line
         finally:
@@ -291,13 +374,35 @@ class AsyncClient:
         return call.result(await self._send(call))
 
     async def predict_batch(
-        self, images: list[str | Path | bytes], *, mask: bool = True, keep: bool = True
+        self,
+        images: list[str | Path | bytes],
+        *,
+        mask: bool = True,
+        max_faces: int | None = None,
+        detect: bool = True,
+        keep: bool = True,
     ) -> list[dict[str, Any]]:
-        call = _predict_batch(images, mask, keep)
+        call = _predict_batch(images, mask, max_faces, detect, keep)
         return call.result(await self._send(call))
 
-    async def overlay(self, result_id: str, *, alpha: float | None = None, max_side: int | None = None) -> bytes:
-        call = _overlay(result_id, alpha, max_side)
+    async def result(self, result_id: str) -> dict[str, Any]:
+        call = _result(result_id)
+        return call.result(await self._send(call))
+
+    async def overlay(
+        self,
+        result_id: str,
+        *,
+        alpha: float | None = None,
+        boxes: bool = True,
+        labels: bool = True,
+        max_side: int | None = None,
+    ) -> bytes:
+        call = _overlay(result_id, alpha, boxes, labels, max_side)
+        return call.result(await self._send(call))
+
+    async def mask(self, result_id: str, face: int) -> bytes:
+        call = _mask(result_id, face)
         return call.result(await self._send(call))
 
     async def reload_model(self, admin_key: str, *, force: bool = False) -> dict[str, Any]:
@@ -311,8 +416,10 @@ class AsyncClient:
         fps: float | None = None,
         max_frames: int | None = None,
         detect_every: int | None = None,
+        mask: bool = False,
+        max_faces: int | None = None,
     ) -> dict[str, Any]:
-        call = _video(video, fps, max_frames, detect_every)
+        call = _video(video, fps, max_frames, detect_every, mask, max_faces)
         return call.result(await self._send(call))
 
     async def stream_video(
@@ -322,11 +429,14 @@ class AsyncClient:
         fps: float | None = None,
         max_frames: int | None = None,
         detect_every: int | None = None,
+        mask: bool = False,
+        max_faces: int | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        response = await self._send(_video(video, fps, max_frames, detect_every, stream=True), stream=True)
+        call = _video(video, fps, max_frames, detect_every, mask, max_faces, stream=True)
+        response = await self._send(call, stream=True)
         try:
             async for text in response.aiter_lines():
-                line = _line(response, text)
+                line = _line(text)
                 if line is not None:
                     yield line
         finally:

@@ -410,6 +410,16 @@ class Service:
         self.metrics.images.labels("true" if prediction.detected else "false").inc()
         if prediction.detected:
             self.metrics.faces_per_image.observe(prediction.faces_detected)
+        notes = list(decoded.warnings)
+        if keep:
+            size = self.store.footprint(data, prediction)
+            if not self.store.fits(size):  # kept, it would evict every other result and then itself
+                keep = False
+                notes.append(
+                    f"the photo was too large to keep for the overlay and mask GETs ({size} bytes with its masks, "
+                    f"over the limit of {self.store.max_bytes} bytes, FMPN_RESULT_MAX_BYTES): id and overlay_url "
+                    "are null"
+                )
         result_id = self.store.new_id() if keep else None
         expires = time.time() + self.settings.result_ttl_s if keep else None
         timings = {
@@ -426,7 +436,7 @@ class Service:
                 model_info,
                 include_mask=include_mask,
                 max_faces=limit,
-                warnings=decoded.warnings,
+                warnings=notes,
                 base_url=f"{base_path}/{result_id}" if keep else None,
                 expires_at=round(expires, 3) if expires else None,
                 timings_ms=timings,

@@ -2,7 +2,8 @@
 
 A result holds the uploaded image bytes (to render the overlay on request), the faces (masks and
 matrices) and the JSON response. Ids are 128-bit random (``secrets.token_urlsafe``), so they cannot be
-guessed; an expired or evicted id answers like an unknown one.
+guessed; an expired or evicted id answers like an unknown one. A result larger than the byte cap on its own
+is not kept (the service answers it without an id) and evicts nothing.
 """
 
 from __future__ import annotations
@@ -57,8 +58,21 @@ class ResultStore:
     def total_bytes(self) -> int:
         return self._bytes
 
-    def put(self, result_id: str, result: StoredResult) -> None:
-        result.size = len(result.image_bytes) + sum(f.mask.nbytes for f in result.prediction.faces)
+    @staticmethod
+    def footprint(image_bytes: bytes, prediction: ImagePrediction) -> int:
+        """The bytes a result counts against ``max_bytes``: the photo's file and its faces' masks."""
+        return len(image_bytes) + sum(f.mask.nbytes for f in prediction.faces)
+
+    def fits(self, size: int) -> bool:
+        """Whether a result of ``size`` bytes can be kept at all (alone, it is within ``max_bytes``)."""
+        return size <= self.max_bytes
+
+    def put(self, result_id: str, result: StoredResult) -> bool:
+        """Keep ``result`` under ``result_id``, evicting the oldest results to make room. A result larger than
+        ``max_bytes`` on its own is not kept, and nothing is evicted for it: False (check :meth:`fits` first)."""
+        result.size = self.footprint(result.image_bytes, result.prediction)
+        if not self.fits(result.size):
+            return False
         result.expires_at = self.clock() + self.ttl_s
         with self._lock:
             self._purge()
@@ -70,6 +84,7 @@ class ResultStore:
             while self._items and (len(self._items) > self.max_items or self._bytes > self.max_bytes):
                 _, evicted = self._items.popitem(last=False)
                 self._bytes -= evicted.size
+        return True
 
     def get(self, result_id: str) -> StoredResult | None:
         with self._lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from test_app_helpers import (
     photo_jpeg,
 )
 
+from app.store import ResultStore, StoredResult
 from fmpn.checkpoint import file_sha256
 from fmpn.precision import cpu_has_native_bf16
 
@@ -157,6 +159,32 @@ def test_keep_false_answers_without_storing(client, group_result) -> None:
     assert [item["result"]["id"] for item in results] == [None, None]
     assert [len(item["result"]["faces"]) for item in results] == [1, 1]
     assert metric_value(client.get("/metrics").text, "fmpn_results_bytes") == before
+
+
+def test_a_result_over_the_byte_cap_alone_is_not_kept_and_evicts_nothing(server, client, group_result) -> None:
+    store = ResultStore(ttl_s=600, max_items=10, max_bytes=1000)
+    none = SimpleNamespace(faces=[])
+    for key in "ab":
+        store.put(key, StoredResult(b"x" * 400, none, [], {}))
+    kept = store.put("big", StoredResult(b"x" * 1001, none, [], {}))  # over the cap on its own
+    assert store.get("a") and store.get("b") and store.get("big") is None and store.total_bytes == 800
+    assert kept is False
+    # Through the service: a photo larger than FMPN_RESULT_MAX_BYTES is answered, not kept, and says so; the results
+    # kept before it stay (they were all evicted, and its own id and overlay_url answered 404).
+    jpeg = photo_jpeg(PORTRAITS[1])
+    store = server.app.state.service.store
+    cap, store.max_bytes = store.max_bytes, len(jpeg)  # the file fits; with its face's mask it does not
+    try:
+        r = client.post("/v1/predictions", content=jpeg, headers={"Content-Type": "image/jpeg"})
+    finally:
+        store.max_bytes = cap
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["faces"] and body["id"] is None and body["overlay_url"] is None and body["expires_at"] is None
+    assert body["faces"][0]["mask_url"] is None and body["faces"][0]["mask"]  # the mask is in the answer itself
+    (warning,) = body["warnings"]
+    assert "too large to keep" in warning and f"limit of {len(jpeg)} bytes, FMPN_RESULT_MAX_BYTES" in warning
+    assert client.get(group_result["overlay_url"]).status_code == 200
 
 
 def test_max_faces_query(client) -> None:

@@ -69,8 +69,24 @@ def test_demo_page_shows_bars_and_overlay(browser) -> None:
         external = []
         local = (srv.url, "blob:" + srv.url)
         page.on("request", lambda req: None if req.url.startswith(local) else external.append(req.url))
-        page.goto(srv.url + "/")
+        console = []
+        page.on("console", lambda msg: console.append(msg.text))
+        answer = page.goto(srv.url + "/")
         assert page.title() == "FMPN facial-expression demo"
+        # Not to be framed (clickjacking the API-key field), and only the page's own script runs: no 'unsafe-inline',
+        # its inline script allowed by its hash (it runs: everything below works), no inline event handler.
+        policy = answer.headers["content-security-policy"]
+        assert answer.headers["x-frame-options"] == "DENY" and "frame-ancestors 'none'" in policy
+        script_src = re.search(r"script-src ([^;]*)", policy).group(1)
+        assert re.fullmatch(r"'sha256-[A-Za-z0-9+/]{43}='", script_src), policy
+        handlers = (
+            "() => [...document.querySelectorAll('*')].flatMap(e => e.getAttributeNames()).filter(n => /^on/.test(n))"
+        )
+        assert page.evaluate(handlers) == []
+        page.evaluate("() => { window.stayed = true; }")
+        page.press("#apikey", "Enter")  # the form's implicit submission: the listener keeps the page where it is
+        page.wait_for_timeout(500)
+        assert page.url == srv.url + "/" and page.evaluate("() => window.stayed === true")
         page.set_input_files("#file", str(photo))
         page.wait_for_selector("#faces .face", timeout=120_000)
         page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0", timeout=120_000)
@@ -103,6 +119,7 @@ def test_demo_page_shows_bars_and_overlay(browser) -> None:
         page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "image/png", "buffer": b"not a png"}])
         page.wait_for_selector("#status.error", timeout=60_000)
         assert "not_an_image" in page.inner_text("#status")
+        assert not [m for m in console if "Content Security Policy" in m], console
         page.close()
     finally:
         srv.stop()
@@ -134,10 +151,34 @@ def test_demo_page_takes_a_dropped_or_pasted_photo(browser) -> None:
         page.evaluate(_TRANSFER, [group, "group.jpg", "image/jpeg", "drop"])
         page.wait_for_function("() => document.querySelectorAll('#faces .face').length === 6", timeout=120_000)
         assert "6 faces found" in page.inner_text("#status")
+        page.wait_for_function("() => document.getElementById('overlay').naturalWidth > 0", timeout=60_000)
+        # The group photo dropped again, its answer held back, then a portrait pasted: the group's request is
+        # aborted (its answer would come last and cover the portrait's). The portrait's overlay and mask fail: no
+        # overlay is left on screen (not the group's), and its card says that its mask could not be loaded.
+        held = []
+        photo_post, png_get = re.compile(r"/v1/predictions\?"), re.compile(r"\.png(\?|$)")
+        page.route(photo_post, lambda route: route.continue_() if held else held.append(route))
+        page.route(png_get, lambda route: route.fulfill(status=500, body="no"))
+        page.evaluate(_TRANSFER, [group, "group.jpg", "image/jpeg", "drop"])
+        page.wait_for_function("() => !document.getElementById('overlay').hasAttribute('src')", timeout=10_000)
         portrait = base64.b64encode(photo_jpeg(PORTRAITS[1])).decode()
-        page.evaluate(_TRANSFER, [portrait, "image.png", "image/jpeg", "paste"])  # a screenshot or copied image
+        with page.expect_event("requestfailed", lambda r: "/v1/predictions?" in r.url, timeout=10_000) as aborted:
+            page.evaluate(_TRANSFER, [portrait, "image.png", "image/jpeg", "paste"])  # a screenshot or copied image
+        assert aborted.value.method == "POST" and len(held) == 1
         page.wait_for_function("() => document.querySelectorAll('#faces .face').length === 1", timeout=120_000)
-        assert "1 face found" in page.inner_text("#status")
+        page.wait_for_selector("#faces .face .note", timeout=30_000)
+        assert page.inner_text("#faces .face .note").startswith("Mask not loaded: HTTP 500")
+        page.wait_for_function("() => document.getElementById('status').textContent.includes('Overlay failed')")
+        assert page.evaluate("() => [overlay.getAttribute('src'), overlay.naturalWidth]") == [None, 0]
+        page.unroute(photo_post)
+        page.unroute(png_get)
+        # "one face crop" runs the pasted photo again (not the file input's, which holds none)
+        with page.expect_request(lambda r: "detect=false" in r.url, timeout=10_000):
+            page.check("#crop")
+        page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('one face crop')", timeout=120_000
+        )
+        assert page.locator("#faces .face").count() == 1
         page.evaluate(_TRANSFER, [base64.b64encode(b"notes").decode(), "notes.txt", "text/plain", "drop"])
         page.wait_for_selector("#status.error", timeout=10_000)
         assert "not a photo or a video" in page.inner_text("#status")

@@ -61,7 +61,8 @@ _VIDEO_BODY = {
         "video is held in memory while it is analysed. With `Accept: application/x-ndjson` the answer streams as "
         'JSON lines while the frames are analysed: `{"type": "video", ...}` (the `video`, `model` and '
         '`sampled_fps` fields), one `{"type": "frame", ...}` per frame, then `{"type": "summary", ...}` (the '
-        'remaining fields), or `{"type": "error", "error": {...}}` as the last line if the analysis fails midway.'
+        'remaining fields), or `{"type": "error", "status": 503, "error": {...}}` as the last line if the analysis '
+        "fails midway (`status`: the HTTP status the error would have had before the stream began)."
     ),
     responses={
         200: {"content": {NDJSON: {"schema": {"type": "string", "description": "JSON lines, one object a line"}}}},
@@ -125,8 +126,8 @@ async def predict_video(
             async for frame in events:
                 yield json_line("frame", frame)
             yield json_line("summary", analysis.summary())
-        except ApiError as exc:  # the status is sent: the stream ends with the error as its last line
-            yield json_line("error", error_body(exc.code, exc.message))
+        except ApiError as exc:  # the 200 is sent: the stream ends with the error, and the status it would have had
+            yield json_line("error", {"status": exc.status, **error_body(exc.code, exc.message)})
         finally:
             await events.aclose()
 
