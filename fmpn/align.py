@@ -63,13 +63,14 @@ def align_face(
     image: np.ndarray,
     landmarks: np.ndarray,
     size: int,
-    template: list[list[float]] | None = None,
+    template: list[list[float]] | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Warp ``image`` (H, W[, C] uint8) so the 5 ``landmarks`` land on ``template`` in a ``size`` crop.
 
+    ``template``: (5, 2) crop-relative points, a list or an array (None: ``DEFAULT_TEMPLATE``).
     Returns the crop and the 2x3 image->crop matrix (invert it to map the crop, or a mask, back).
     """
-    tpl = np.asarray(template or DEFAULT_TEMPLATE, dtype=np.float64) * size
+    tpl = np.asarray(DEFAULT_TEMPLATE if template is None else template, dtype=np.float64) * size
     matrix = similarity_transform(np.asarray(landmarks, dtype=np.float64).reshape(5, 2), tpl)
     crop = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return crop, matrix

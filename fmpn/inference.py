@@ -32,13 +32,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_transform
 from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint, released_weights
 from fmpn.data.transforms import CENTRE, crop_box, resize_shorter
-from fmpn.detect import Face, FaceDetector
-from fmpn.images import pad_edges
+from fmpn.detect import Face, FaceDetector, face_from_resized
+from fmpn.images import image_array, pad_edges
 from fmpn.models import class_probabilities
 from fmpn.models.fuse import compile_frozen, prepare_for_inference
 from fmpn.precision import autocast, resolve_precision
@@ -87,7 +87,8 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
     """Decode an uploaded photo to upright 8-bit RGB.
 
     Handles EXIF orientation, CMYK / YCbCr, 16-bit and float images, transparency (composited on
-    white), palettes and animations (first frame only, with a warning). Dimensions are checked
+    white), palettes (:func:`fmpn.images.image_array`, the decoding training and the mask tools share)
+    and animations (first frame only, with a warning). Dimensions are checked
     against ``max_pixels`` from the header, before any pixel is decoded (decompression bombs).
     """
     if not data:
@@ -130,8 +131,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
             frames = int(getattr(im, "n_frames", 1) or 1)  # reads every frame's header (TIFF pages, GIF frames)
             im.seek(0)
             im.load()
-            im = ImageOps.exif_transpose(im) or im  # EXIF values of the wrong type raise TypeError
-            rgb = _to_rgb8(im)
+            rgb = image_array(im, "RGB")  # EXIF orientation applied; EXIF values of the wrong type raise TypeError
     except Exception as exc:  # truncated data, bad later frames, malformed EXIF: the upload's fault
         raise ImageDecodeError(
             "corrupt_image", f"the image data is truncated or corrupt: {type(exc).__name__}: {exc}"
@@ -139,30 +139,6 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
     if frames > 1:
         notes.append(f"the image has {frames} frames; only the first frame was used")
     return DecodedImage(rgb=rgb, format=fmt, warnings=notes)
-
-
-def _to_rgb8(im: Image.Image) -> np.ndarray:
-    mode = im.mode
-    if mode == "RGB":
-        return np.asarray(im, dtype=np.uint8).copy()
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(im)
-        if mode == "F":
-            arr = arr.astype(np.float32)
-            top = 1.0 if np.nanmax(arr) <= 1.0 else 255.0
-            gray = np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255)
-        else:
-            arr = arr.astype(np.int64)
-            top = 65535 if (mode.startswith("I;16") or arr.max() > 255) else 255
-            gray = np.clip(arr, 0, top) * (255.0 / top)
-        gray = np.round(gray).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info)
-    if has_alpha:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
-    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
 def load_image_file(path: str | Path, max_pixels: int | None = None) -> DecodedImage:
@@ -176,8 +152,13 @@ def as_rgb(image: str | Path | bytes | Image.Image | np.ndarray) -> np.ndarray:
         return load_image_file(image).rgb
     if isinstance(image, (bytes, bytearray, memoryview)):
         return decode_image(bytes(image)).rgb
-    if isinstance(image, Image.Image):
-        return _to_rgb8(image)
+    if isinstance(image, Image.Image):  # turned upright by its EXIF orientation, as a path or bytes would be
+        try:
+            return image_array(image, "RGB")
+        except Exception as exc:  # a truncated file opened lazily, malformed EXIF
+            raise ImageDecodeError(
+                "corrupt_image", f"the image data is truncated or corrupt: {type(exc).__name__}: {exc}"
+            ) from None
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise ValueError(f"an image array must be uint8 (0-255), got {image.dtype}")
@@ -305,7 +286,7 @@ class Predictor:
         self.sha256 = file_sha256(self.weights)
         self.profile = self.checkpoint.profile
         self.classes = list(self.checkpoint.classes)
-        self.template = self.checkpoint.template or DEFAULT_TEMPLATE
+        self.template = DEFAULT_TEMPLATE if self.checkpoint.template is None else self.checkpoint.template
         self.precision = resolve_precision(precision, self.device)  # float16: weights too; bfloat16: autocast
         self.dtype = torch.float16 if self.precision == "float16" else torch.float32
         # Average each face with its mirror image when the release asks for it (model card), or as told.
@@ -359,15 +340,17 @@ class Predictor:
         landmarks are returned in the original image's pixels.
         """
         smalls: list[np.ndarray] = []
-        scales: list[float] = []
+        scales: list[tuple[float, float] | None] = []  # (sx, sy): the copy's size over the image's, per axis
         for image in images:
             h, w = image.shape[:2]
-            s = 1.0
+            scale = None
             if self.detect_max_side and max(h, w) > self.detect_max_side:
                 s = self.detect_max_side / max(h, w)
-                image = cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+                nw, nh = max(1, round(w * s)), max(1, round(h * s))
+                image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA)
+                scale = (nw / w, nh / h)  # each side rounds on its own: the exact scales differ a little
             smalls.append(np.ascontiguousarray(image))
-            scales.append(s)
+            scales.append(scale)
         found: list[list[Face] | None] = [None] * len(images)
         if self.batch_detect and len(images) > 1:
             groups: dict[tuple[int, ...], list[int]] = {}
@@ -385,8 +368,8 @@ class Predictor:
             kept = [f for f in faces or [] if f.score >= self.min_face_score]
             if not kept and self.retry_pad > 0:
                 kept = self._detect_padded(im)
-            if s != 1.0:
-                kept = [Face(tuple(v / s for v in f.box), f.score, f.landmarks / s) for f in kept]
+            if s is not None:  # boxes are edges (x / s), landmarks pixel centres ((x + 0.5) / s - 0.5)
+                kept = [face_from_resized(f, *s) for f in kept]
             kept.sort(key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)
             out.append(kept)
         return out

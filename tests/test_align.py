@@ -57,6 +57,11 @@ def test_align_face_puts_landmarks_on_template_points():
         cv2.circle(image, (round(x), round(y)), 3, 255, -1)
     crop, matrix = align_face(image, landmarks, size, template.tolist())
     np.testing.assert_allclose(_apply(matrix, landmarks), template * size, atol=1e-6)
+    # A template given as an array (a measured one, say) works as its list does; None is the default template.
+    crop_array, matrix_array = align_face(image, landmarks, size, template)
+    assert np.array_equal(crop_array, crop) and np.array_equal(matrix_array, matrix)
+    default = align_face(image, landmarks, size, np.asarray(DEFAULT_TEMPLATE))[1]
+    assert np.array_equal(default, align_face(image, landmarks, size)[1])
     np.testing.assert_allclose(invert_affine(matrix), photo_from_crop, atol=1e-6)
     # The warp goes the right way: each dot's blob in the crop is centred on its template point.
     n, labels, stats, centroids = cv2.connectedComponentsWithStats((crop > 64).astype(np.uint8))

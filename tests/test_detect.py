@@ -183,3 +183,50 @@ def test_a_face_filling_the_photo_is_found_again_though_its_square_overhangs(pho
         near = [f for f in detector.detect_near(image, [f.box for f in whole]) if f.score >= 0.9]
         assert len(whole) == len(near) == 1, path.name
         assert iou(whole[0].box, near[0].box) > 0.8, path.name
+
+
+def _dots(shape: tuple[int, int], centres: list[tuple[float, float]], sigma: float) -> np.ndarray:
+    """A black (H, W, 3) image with a bright Gaussian dot at each (x, y) (pixel-centre coordinates)."""
+    y, x = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    light = sum(np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2)) for cx, cy in centres)
+    return np.repeat(np.round(255 * np.clip(light, 0, 1)).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def centroid(image: np.ndarray) -> np.ndarray:
+    """(x, y) of an image's brightness centroid, in pixel-centre coordinates (pixel i's centre at i)."""
+    weight = image[..., 0].astype(np.float64)
+    y, x = np.mgrid[0 : weight.shape[0], 0 : weight.shape[1]]
+    return np.array([(weight * x).sum(), (weight * y).sum()]) / weight.sum()
+
+
+class DotCascade:
+    """A stand-in for the MTCNN cascade: each image's "face" is its bright dot, all five landmarks on its centroid
+    (pixel centres), the box 40 px around it."""
+
+    def __call__(self, images: np.ndarray, smallest: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for image in images:
+            if not image.any():
+                out.append((np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)))
+                continue
+            cx, cy = centroid(image)
+            box = np.array([[cx - 20, cy - 20, cx + 20, cy + 20, 0.99]], np.float32)
+            out.append((box, np.tile(np.float32([cx, cy]), (1, 5, 1))))
+        return out
+
+
+def test_points_found_near_a_box_come_back_where_they_are_in_the_image(detector, monkeypatch) -> None:
+    """detect_near finds faces on a square around each box, resized (here shrunk ~3x): a point the cascade finds
+    there is mapped back to the same point of the image, pixel centres to pixel centres and each axis by its own
+    exact scale, also where the square overhangs the image's corner (only its part inside is resized)."""
+    dots = [(40.3, 30.8), (400.6, 350.2)]
+    image = _dots((600, 610), dots, sigma=10.0)
+    monkeypatch.setattr(detector, "cascade", DotCascade())
+    boxes = [(-30.0, -40.0, 110.0, 100.0), (340.0, 290.0, 460.0, 410.0)]  # the first one's square overhangs
+    found = detector.detect_near(image, boxes)
+    assert len(found) == 2
+    for (cx, cy), box in zip(dots, boxes, strict=True):
+        x0, y0 = max(0, int(cx) - 40), max(0, int(cy) - 40)
+        truth = centroid(image[y0 : int(cy) + 40, x0 : int(cx) + 40]) + (x0, y0)
+        face = min(found, key=lambda f: np.abs(f.landmarks[0] - truth).sum())
+        assert np.abs(face.landmarks - truth).max() < 0.2, (box, face.landmarks[0], truth)

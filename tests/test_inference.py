@@ -26,6 +26,7 @@ from test_app_helpers import (
 
 from fmpn.align import DEFAULT_TEMPLATE, align_face, similarity_transform
 from fmpn.checkpoint import CheckpointError
+from fmpn.detect import Face
 from fmpn.inference import ImageDecodeError, Predictor, decode_image
 from fmpn.precision import autocast, cpu_has_native_bf16
 
@@ -187,6 +188,38 @@ def test_detection_copy_coordinates(group, predictor) -> None:
         b = min(small.faces, key=lambda f: np.abs(np.asarray(f.box) * scale - np.asarray(a.box)).sum())
         assert np.allclose(np.asarray(a.box), np.asarray(b.box) * scale, atol=4)
         assert np.allclose(a.landmarks, b.landmarks * scale, atol=4)
+
+
+def test_detection_copy_maps_back_pixel_centres_and_edges_per_axis(predictor, monkeypatch) -> None:
+    """A face detected on the area-shrunk copy comes back where it is: landmarks are pixel centres ((x + 0.5) / s
+    - 0.5), box values edges (x / s), each axis by its own exact scale (each side of the copy is rounded alone)."""
+    small = photo_array(PORTRAITS[1], 200)
+    big = np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)  # shrunk by 4 with area interpolation: small again
+    monkeypatch.setattr(predictor, "detect_max_side", max(small.shape[:2]))
+    a, b = predictor.detect([small])[0][0], predictor.detect([big])[0][0]
+    np.testing.assert_allclose(b.landmarks, (a.landmarks + 0.5) * 4 - 0.5, atol=1e-4)
+    np.testing.assert_allclose(b.box, np.asarray(a.box) * 4, atol=1e-4)
+
+    class DotFinder:  # the "face" is the image's bright dot: landmarks on its centroid, the box the whole image
+        def detect(self, image: np.ndarray) -> list[Face]:
+            h, w = image.shape[:2]
+            return [Face((0.0, 0.0, float(w), float(h)), 0.99, np.tile(_centroid(image), (5, 1)))]
+
+    y, x = np.mgrid[0:601, 0:1000].astype(np.float64)  # 1000 x 601 shrunk to 400 x 240: sx 0.4, sy 0.3993
+    image = np.round(255 * np.exp(-((x - 612.3) ** 2 + (y - 287.6) ** 2) / (2 * 8.0**2))).astype(np.uint8)
+    image = np.repeat(image[:, :, None], 3, axis=2)
+    monkeypatch.setattr(predictor, "detector", DotFinder())
+    monkeypatch.setattr(predictor, "detect_max_side", 400)
+    ((face,),) = predictor.detect([image])
+    assert face.box == (0.0, 0.0, 1000.0, 601.0)  # the copy's edges are the image's
+    assert np.abs(face.landmarks - _centroid(image)).max() < 0.1, (face.landmarks[0], _centroid(image))
+
+
+def _centroid(image: np.ndarray) -> np.ndarray:
+    """(x, y) of an image's brightness centroid, in pixel-centre coordinates (pixel i's centre at i)."""
+    weight = image[..., 0].astype(np.float64)
+    y, x = np.mgrid[0 : weight.shape[0], 0 : weight.shape[1]]
+    return np.array([(weight * x).sum(), (weight * y).sum()]) / weight.sum()
 
 
 def test_faces_filling_the_frame_are_found_again_with_a_margin(fer2013, predictor) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 
 from fmpn.classes import AFFECTNET, CKPLUS, MMI, canonical
 from fmpn.data.transforms import PairedTransform
+from fmpn.images import image_array, read_image
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,15 @@ class SampleSet:
 
 
 def check_images(samples: Sequence[Sample]) -> tuple[list[Sample], list[tuple[Path, str]]]:
-    """Decode every image once; return the readable ones and (path, reason) for the others."""
+    """Decode every image once, as :class:`FaceDataset` will (:func:`fmpn.images.image_array`); return the
+    readable ones and (path, reason) for the others."""
     ok, bad = [], []
     for s in samples:
         try:
             with Image.open(s.path) as im:
-                im.load()
+                image_array(im, "RGB")
             ok.append(s)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except Exception as exc:  # OSError, a decompression bomb, malformed EXIF, a plugin's own errors
             bad.append((s.path, f"{type(exc).__name__}: {exc}"))
     if bad:
         log.warning("%d unreadable image(s) left out, e.g. %s (%s)", len(bad), bad[0][0], bad[0][1])
@@ -227,8 +229,8 @@ class FaceDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
-        with Image.open(sample.path) as im:
-            image, mask = self.transform(im, self.masks[sample.label] if self.masks else None)
+        image = read_image(sample.path, "RGB")  # the service's decoding (fmpn.images.image_array)
+        image, mask = self.transform(image, self.masks[sample.label] if self.masks else None)
         item = {"image": image, "label": sample.label, "index": index}
         if mask is not None:
             item["mask"] = mask

@@ -18,6 +18,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import v2
 
+from fmpn.images import image_array
+
 CENTRE = 4  # five_crop order: top-left, top-right, bottom-left, bottom-right, centre
 
 
@@ -74,8 +76,10 @@ class PairedTransform:
         self.strong = self.random and strength == "strong"
         self._masks: dict[tuple[int, int, int], Tensor] = {}  # (id(mask), h, w) -> resized mask
 
-    def __call__(self, image: Image.Image, mask: np.ndarray | None = None) -> tuple[Tensor, Tensor | None]:
-        img = to_tensor(resize_shorter(image.convert("RGB"), self.load_size))
+    def __call__(self, image: Image.Image | np.ndarray, mask: np.ndarray | None = None) -> tuple[Tensor, Tensor | None]:
+        """``image``: a PIL image (decoded as the service decodes a photo: :func:`fmpn.images.image_array`) or
+        an array :func:`fmpn.images.read_image` gave, (H, W, 3) RGB or (H, W) grey uint8."""
+        img = to_tensor(resize_shorter(Image.fromarray(rgb_array(image)), self.load_size))
         _, h, w = img.shape
         if mask is not None:
             key = (id(mask), h, w)
@@ -96,6 +100,16 @@ class PairedTransform:
             img, mask = (both, None) if mask is None else (both[:3], both[3:])
             img = STRONG_ERASE(img)
         return img, mask
+
+
+def rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """An image as the (H, W, 3) uint8 RGB array the service would decode it to."""
+    if isinstance(image, Image.Image):
+        return image_array(image, "RGB")
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ValueError(f"an image array must be (H, W, 3) or (H, W) uint8, got {arr.shape} {arr.dtype}")
+    return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
 
 
 def mask_tensor(mask: np.ndarray, height: int, width: int) -> Tensor:
