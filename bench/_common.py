@@ -73,13 +73,13 @@ def running_server(
                 proc.wait()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process, MiB (Linux /proc)."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident set size of a process, MiB (Linux /proc); ``field`` "VmHWM": the most it has had."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    raise RuntimeError(f"no {field} for process {pid}")
 
 
 class Tally:

@@ -15,7 +15,7 @@ import io
 import threading
 
 import httpx
-from _common import add_server_args, resolve_weights, running_server
+from _common import add_server_args, resolve_weights, rss_mb, running_server
 from PIL import Image, ImageOps
 
 SIZE = (7000, 5600)
@@ -27,15 +27,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="off", help="FMPN_COMPILE")
     p.add_argument("--gets", type=int, default=8, help="overlay GETs sent at once")
     return p.parse_args()
-
-
-def peak_rss_mb(pid: int) -> float:
-    """The most resident memory the process has had, MiB (Linux /proc VmHWM)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 def main() -> int:
@@ -53,7 +44,7 @@ def main() -> int:
             r = client.post("/v1/predictions?mask=false", content=buf.getvalue(), headers=jpeg)
             r.raise_for_status()
             overlay = r.json()["overlay_url"]
-            before, statuses = peak_rss_mb(proc.pid), []
+            before, statuses = rss_mb(proc.pid, "VmHWM"), []
 
             def get() -> None:
                 with httpx.Client(base_url=url, timeout=600) as own:
@@ -64,7 +55,7 @@ def main() -> int:
                 t.start()
             for t in threads:
                 t.join()
-        peak = peak_rss_mb(proc.pid)
+        peak = rss_mb(proc.pid, "VmHWM")
     print(f"{weights.name}{note}: a {SIZE[0]} x {SIZE[1]} photo ({len(buf.getvalue()) / 1e6:.1f} MB JPEG)")
     print(f"{args.gets} overlay GETs at once, statuses {sorted(statuses)}")
     print(f"peak resident memory: {before:.0f} MiB before the GETs (the upload and its analysis), {peak:.0f} MiB after")
