@@ -126,6 +126,10 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str | None, by
 def decode_base64(text: str, limit: int, where: str) -> bytes:
     if not isinstance(text, str):
         raise ApiError(400, "invalid_base64", f"{where} must be a base64 string")
+    if re.match(r"(?i)\s*(https?|ftp|file)://", text):  # the service fetches nothing: say so, not "bad base64"
+        raise ApiError(
+            400, "invalid_base64", f"{where} is a URL; the service fetches nothing: send the image's bytes in base64"
+        )
     text = _DATA_URL.sub("", text.strip(), count=1)
     text = "".join(text.split())
     if len(text) * 3 // 4 > limit + 3:

@@ -254,6 +254,8 @@ def test_bad_base64(client) -> None:
     expect_error(r, 400, "invalid_base64", "base64")
     r = client.post("/v1/predictions:batch", json={"images": ["@@@@"]})
     expect_error(r, 400, "invalid_base64", "images[0]")
+    r = client.post("/v1/predictions", json={"image": "https://example.com/face.jpg"})
+    expect_error(r, 400, "invalid_base64", "is a URL", "fetches nothing")
 
 
 def test_bad_json(client) -> None:
