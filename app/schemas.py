@@ -72,7 +72,12 @@ class FaceResult(BaseModel):
     label: str = Field(description="the most probable class")
     label_score: float = Field(description="its probability")
     probabilities: dict[str, float] = Field(description="every class, in the model's order; sums to 1")
-    mask: MaskImage | None = Field(None, description="motion mask at the aligned-crop size; null with ?mask=false")
+    mask: MaskImage | None = Field(
+        None,
+        description="the generator's facial-motion prior at the aligned-crop size (where it expects the face to "
+        "move; for the released model nearly one map for every face and class: README, Results so far); "
+        "null with ?mask=false",
+    )
     mask_url: str | None = None
 
 
