@@ -17,6 +17,8 @@ SQUARE_ENOUGH = 1.2
 # No face found in an image no larger than this: most likely a face crop that fills the frame (MTCNN misses 17 %
 # of FER2013's 48 px crops); the response says how to classify it whole.
 CROP_HINT_MAX_SIDE = 256
+# A face with this share of its aligned crop outside the image is named in a warning (FaceResult.crop_outside).
+EDGE_WARNING = 0.25
 
 
 class ErrorDetail(BaseModel):
@@ -79,6 +81,11 @@ class FaceResult(BaseModel):
         "null with ?mask=false",
     )
     mask_url: str | None = None
+    crop_outside: float = Field(
+        0.0,
+        description="share of the face's aligned crop (what the model sees) outside the image, filled by repeating "
+        f"its edge pixels: a face cut by the photo's edge; from {EDGE_WARNING} on, a warning says so",
+    )
 
 
 class ImageSize(BaseModel):
@@ -212,10 +219,12 @@ def face_result(
     index: int,
     face: FacePrediction,
     classes: list[str],
+    image: tuple[int, int],
     *,
     include_mask: bool,
     mask_url: str | None = None,
 ) -> FaceResult:
+    """One face of a ``image`` (width, height) photo."""
     probs = [float(p) for p in face.probabilities]
     best = int(np.argmax(probs))
     mask = None
@@ -238,6 +247,7 @@ def face_result(
         probabilities=dict(zip(classes, probs, strict=True)),
         mask=mask,
         mask_url=mask_url,
+        crop_outside=round(face.outside(*image), 3),
     )
 
 
@@ -275,11 +285,18 @@ def prediction_response(
             i,
             f,
             model["classes"],
+            (w, h),
             include_mask=include_mask,
             mask_url=f"{base_url}/faces/{i}/mask.png" if base_url else None,
         )
         for i, f in enumerate(prediction.faces)
     ]
+    cut = [f"{f.index} ({f.crop_outside:.0%})" for f in faces if f.crop_outside >= EDGE_WARNING]
+    if cut:
+        notes.append(
+            f"face(s) {', '.join(cut)} cut by the image's edge: that share of the aligned crop lies outside the "
+            "image and was filled by repeating edge pixels; their expressions are less reliable"
+        )
     return PredictionResponse(
         id=result_id,
         image=ImageSize(width=prediction.width, height=prediction.height),
@@ -298,8 +315,9 @@ def prediction_response(
 def video_frame_result(
     frame: Frame, prediction: ImagePrediction, tracks: list[int], classes: list[str], *, include_mask: bool
 ) -> VideoFrameResult:
+    size = (prediction.width, prediction.height)
     faces = [
-        VideoFace(**face_result(i, f, classes, include_mask=include_mask).model_dump(), track=t)
+        VideoFace(**face_result(i, f, classes, size, include_mask=include_mask).model_dump(), track=t)
         for i, (f, t) in enumerate(zip(prediction.faces, tracks, strict=True))
     ]
     return VideoFrameResult(

@@ -27,6 +27,8 @@ from app.store import ResultStore, StoredResult
 from fmpn.checkpoint import file_sha256
 from fmpn.precision import cpu_has_native_bf16
 
+JPEG = {"Content-Type": "image/jpeg"}
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -81,6 +83,25 @@ def test_group_photo_response_shape(group_result) -> None:
     assert areas == sorted(areas, reverse=True), "faces are ordered largest first"
     assert r["overlay_url"] == f"/v1/predictions/{r['id']}/overlay.png"
     assert {"decode", "queue", "detect", "model", "total"} <= set(r["timings_ms"])
+
+
+def test_a_face_cut_by_the_edge_says_how_much_of_its_crop_is_invented(client, group_result) -> None:
+    """The share of the aligned crop outside the photo (filled with repeated edge pixels), and a warning from a
+    quarter on; faces wholly inside the photo are at 0."""
+    assert all(face["crop_outside"] == 0.0 for face in group_result["faces"])
+    assert not any("edge" in w for w in group_result["warnings"])
+    im = photo(PORTRAITS[0])
+    whole = client.post("/v1/predictions?mask=false", content=photo_jpeg(PORTRAITS[0]), headers=JPEG).json()
+    assert whole["faces"][0]["crop_outside"] == 0.0
+    box = whole["faces"][0]["box"]
+    left = round(box["x1"] + 0.3 * (box["x2"] - box["x1"]))  # the face's left 30 % cut away
+    buf = io.BytesIO()
+    im.crop((left, 0, im.width, im.height)).save(buf, "JPEG", quality=95)
+    cut = client.post("/v1/predictions?mask=false", content=buf.getvalue(), headers=JPEG).json()
+    assert cut["faces"], cut
+    share = cut["faces"][0]["crop_outside"]
+    assert 0.25 <= share < 1.0, share
+    assert any(f"face(s) 0 ({share:.0%}) cut by the image's edge" in w for w in cut["warnings"]), cut["warnings"]
 
 
 def test_masks_vary_and_match_the_mask_route(client, group_result) -> None:
