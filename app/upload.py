@@ -12,6 +12,7 @@ import binascii
 import json
 import re
 
+import anyio.to_thread
 from fastapi import Request
 from pydantic import ValidationError
 from python_multipart.exceptions import MultipartParseError
@@ -61,8 +62,20 @@ async def read_body(request: Request, limit: int, setting: str) -> bytes:
     return b"".join(chunks)
 
 
+# Most parts of a multipart body (files and fields): a request has a few; millions of empty ones cost seconds of
+# parsing and gigabytes of memory.
+MAX_PARTS = 64
+# Most JSON values (objects, arrays, commas: counted before parsing) of a JSON body: a request has a few dozen.
+MAX_JSON_VALUES = 1000
+
+
+class _TooManyParts(Exception):
+    pass
+
+
 def parse_multipart(body: bytes, content_type: str) -> list[tuple[str | None, bytes]]:
-    """(field name, bytes) of every file part of a multipart/form-data body, in order."""
+    """(field name, bytes) of every file part of a multipart/form-data body, in order. CPU-bound on a large body:
+    call it in a worker thread, not on the event loop."""
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
@@ -71,6 +84,8 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str | None, by
     state: dict = {}
 
     def on_part_begin() -> None:
+        if len(parts) >= MAX_PARTS:
+            raise _TooManyParts
         state.update(headers={}, field=bytearray(), value=bytearray(), data=[])
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
@@ -105,6 +120,10 @@ def parse_multipart(body: bytes, content_type: str) -> list[tuple[str | None, by
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
         parser.write(body)
         parser.finalize()
+    except _TooManyParts:
+        raise ApiError(
+            413, "too_many_parts", f"the multipart body has over {MAX_PARTS} parts; the limit is {MAX_PARTS}"
+        ) from None
     except (MultipartParseError, ValueError) as exc:
         raise ApiError(400, "invalid_multipart", f"the multipart body could not be parsed: {exc}") from None
     if not state.get("ended"):  # a cut-off body: its last part would be lost without a word
@@ -175,7 +194,7 @@ async def read_images(
         body = await read_body(request, body_limit, body_setting)
         if not body:
             raise ApiError(400, "empty_body", "the request body is empty: send an image file")
-        files = parse_multipart(body, request.headers["content-type"])
+        files = await anyio.to_thread.run_sync(parse_multipart, body, request.headers["content-type"])
         if not files:
             raise ApiError(
                 400, "missing_image", "the multipart body has no file part (send the photo as field 'image')"
@@ -185,10 +204,7 @@ async def read_images(
         body = await read_body(request, body_limit, body_setting)
         if not body:
             raise ApiError(400, "empty_body", "the request body is empty: send JSON with a base64 image")
-        try:
-            payload = json.loads(body)
-        except (ValueError, RecursionError) as exc:  # also: nested too deep, an integer of too many digits
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        payload = await anyio.to_thread.run_sync(_parse_json, body)
         images = _json_images(payload, batch, max_image_bytes)
     else:
         raise ApiError(
@@ -214,6 +230,22 @@ async def read_images(
             where = f"image {i}" if batch else "the image"
             raise too_large(f"{where} ({len(data)} bytes)", max_image_bytes, "max_image_bytes")
     return images
+
+
+def _parse_json(body: bytes) -> object:
+    """The JSON of a request body, refused before parsing when it holds more values than a request has (a body of
+    millions of empty objects parses into gigabytes). Base64 holds no ``{``, ``[`` or ``,``."""
+    values = body.count(b"{") + body.count(b"[") + body.count(b",")
+    if values > MAX_JSON_VALUES:
+        raise ApiError(
+            413,
+            "too_many_json_values",
+            f"the JSON body has {values} objects, arrays and commas; the limit is {MAX_JSON_VALUES}",
+        )
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # also: nested too deep, an integer of too many digits
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
 
 
 def _json_images(payload: object, batch: bool, max_image_bytes: int) -> list[bytes]:
@@ -256,7 +288,7 @@ async def read_video(request: Request, max_video_bytes: int) -> bytes:
         data = await read_body(request, max_video_bytes, "max_video_bytes")
     elif ctype == "multipart/form-data":
         body = await read_body(request, max_video_bytes + 64 * 1024, "max_video_bytes")
-        files = parse_multipart(body, request.headers["content-type"]) if body else []
+        files = await anyio.to_thread.run_sync(parse_multipart, body, request.headers["content-type"]) if body else []
         if body and not files:
             raise ApiError(
                 400, "missing_video", "the multipart body has no file part (send the video as field 'video')"

@@ -334,3 +334,9 @@ def test_metrics(client, group_result) -> None:
     assert metric_value(text, "fmpn_ready") == 1
     # ids never become label values
     assert "/v1/predictions/{result_id}/overlay.png" in text and group_result["id"] not in text
+    # nor do methods a client makes up (any token is a method to the HTTP parser): one "other" label for all
+    for method in ("Y000001", "Y000002"):
+        assert client.request(method, "/v1/models").status_code == 405
+    text = client.get("/metrics").text
+    assert "Y00000" not in text
+    assert metric_value(text, "fmpn_http_requests_total", route="/v1/models", method="other", status="405") == 2
