@@ -264,7 +264,7 @@ class PhotoTable(FaceTable):
         import csv
         import io
 
-        from cli.table import ENCODING
+        from cli.table import ENCODING, cell_text
 
         table = Path(path)
         if not table.is_file() or table.stat().st_size == 0:
@@ -286,13 +286,16 @@ class PhotoTable(FaceTable):
             writer.writerow(header)
             writer.writerows(keep)
         tmp.replace(table)
-        return {r[column["photo"]] for r in keep}
+        return {cell_text(r[column["photo"]]) for r in keep}
 
     def add(self, photo: Path, item: Any) -> None:  # noqa: ANN401 - app.schemas.BatchItem
+        from cli.table import text_cell
+
+        name = text_cell(photo)
         if item.result is None:
-            rows = [[photo, "", *self.blank, f"{item.error.code}: {item.error.message}"]]
+            rows = [[name, "", *self.blank, text_cell(f"{item.error.code}: {item.error.message}")]]
         elif not item.result.faces:
-            rows = [[photo, "", *self.blank, ""]]
+            rows = [[name, "", *self.blank, ""]]
         else:
-            rows = [[photo, face.index, *self.face(face), ""] for face in item.result.faces]
+            rows = [[name, face.index, *self.face(face), ""] for face in item.result.faces]
         self.write_together(rows)

@@ -11,6 +11,20 @@ from typing import Any
 
 # File names are bytes on POSIX; one that is not UTF-8 (b"photo\xff.jpg") comes back as itself when read again.
 ENCODING = {"encoding": "utf-8", "errors": "surrogateescape"}
+# A cell a spreadsheet would run as a formula (=HYPERLINK(...) as a file name) starts with one of these.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def text_cell(value: object) -> str:
+    """A text cell (a file name, a message) as written: a leading ' keeps a spreadsheet from running it as a formula,
+    and text that starts with ' gets one more, so :func:`cell_text` gives back exactly what was written."""
+    text = str(value)
+    return "'" + text if text.startswith((*FORMULA_START, "'")) else text
+
+
+def cell_text(cell: str) -> str:
+    """What :func:`text_cell` was given."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 class FaceTable:

@@ -156,6 +156,26 @@ def test_predict_resumes_a_folders_table(fast_env, tmp_path, capsys) -> None:
     assert "--resume goes on with the table of --csv" in capsys.readouterr().err
 
 
+def test_a_table_never_holds_a_formula_and_resumes_past_its_escape(fast_env, tmp_path, capsys, monkeypatch) -> None:
+    """A file named like a spreadsheet formula is written with a leading ' (opened, the table runs nothing), and
+    --resume still knows the photo is done."""
+    import csv
+
+    crop = sorted(require_data("ckplus-neutral-peak", "happiness").iterdir())[0]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / '=HYPERLINK("http:x","y").png').symlink_to(crop)
+    (folder / "'quoted.png").symlink_to(crop)
+    monkeypatch.chdir(folder)
+    table = tmp_path / "faces.csv"
+    assert main(["predict", ".", "--no-detect", "--no-mask", "--csv", str(table)]) == 0
+    photos = sorted(r["photo"] for r in csv.DictReader(table.open(newline="")))
+    assert photos == ["''quoted.png", """'=HYPERLINK("http:x","y").png"""], photos
+    capsys.readouterr()
+    assert main(["predict", ".", "--no-detect", "--no-mask", "--csv", str(table), "--resume"]) == 0
+    assert "all 2 photos are in" in capsys.readouterr().err
+
+
 def test_predict_folders_lose_no_photo_and_mix_no_overlay(fast_env, tmp_path, capsys, monkeypatch) -> None:
     """Names that are not UTF-8, two photos one overlay name would fit, a subfolder that cannot be listed, a
     table cut in the middle of a row, a photo that failed: each is reported or redone, none lost or glued on."""
