@@ -3,6 +3,7 @@ dependencies."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import secrets
 import threading
@@ -54,9 +55,16 @@ def check_admin_key(request: Request) -> None:
 
 
 class RateLimiter:
-    """Token bucket per client: ``per_minute`` refill, ``burst`` capacity."""
+    """Token bucket per client: ``per_minute`` refill, ``burst`` capacity. At most ``max_clients`` buckets are kept
+    (the least recently seen go first), so a flood of client ids cannot grow memory without end."""
 
-    def __init__(self, per_minute: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        per_minute: float,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = 100_000,
+    ):
         self.rate = per_minute / 60.0
         self.per_minute = per_minute
         self.capacity = float(burst if burst is not None else max(1, math.ceil(per_minute)))
@@ -64,12 +72,13 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, last time)
         self._lock = threading.Lock()
         self._next_prune = 0.0  # past 10,000 clients, full buckets are forgotten at most once a second
+        self.max_clients = max_clients
 
     def acquire(self, client: str) -> float:
         """0 when the request may go, else the seconds until it may."""
         now = self.clock()
         with self._lock:
-            tokens, last = self._buckets.get(client, (self.capacity, now))
+            tokens, last = self._buckets.pop(client, (self.capacity, now))  # re-inserted last: least recent first
             tokens = min(self.capacity, tokens + (now - last) * self.rate)
             if tokens >= 1.0:
                 self._buckets[client] = (tokens - 1.0, now)
@@ -82,6 +91,8 @@ class RateLimiter:
                 for c in full:
                     del self._buckets[c]
                 self._next_prune = now + 1.0  # not a scan of every client on every request
+            while len(self._buckets) > self.max_clients:
+                del self._buckets[next(iter(self._buckets))]
         return wait
 
 
@@ -90,8 +101,22 @@ def client_id(request: Request) -> str:
     if settings.trust_forwarded_for:
         forwarded = request.headers.get("x-forwarded-for", "").split(",")[0].strip()
         if forwarded:
-            return "ip:" + forwarded
-    return "ip:" + (request.client.host if request.client else "unknown")
+            return "ip:" + _network(forwarded)
+    return "ip:" + _network(request.client.host if request.client else "unknown")
+
+
+def _network(host: str) -> str:
+    """An IPv6 client by its /64 (one host is given a whole /64 and picks any address in it), an IPv4-mapped one by
+    its IPv4 address; anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def check_rate_limit(request: Request) -> None:

@@ -129,6 +129,23 @@ def test_rate_limit_per_client() -> None:
         srv.stop()
 
 
+def test_rate_limit_keys_ipv6_by_their_64_and_keeps_a_bounded_number_of_buckets() -> None:
+    """Addresses a host picks from its /64 share one bucket; a flood of client ids keeps at most max_clients."""
+    from app.security import RateLimiter, _network
+
+    assert _network("2001:db8:1:2::1") == _network("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert _network("2001:db8:1:3::1") != _network("2001:db8:1:2::1")
+    assert _network("::ffff:192.0.2.7") == "192.0.2.7" == _network("192.0.2.7")
+    now = [0.0]
+    limiter = RateLimiter(1, burst=1, clock=lambda: now[0], max_clients=100)
+    assert limiter.acquire("ip:" + _network("2001:db8::1")) == 0
+    assert limiter.acquire("ip:" + _network("2001:db8::2")) > 0  # same /64: the same, empty bucket
+    for i in range(1000):
+        limiter.acquire(f"ip:10.0.{i // 256}.{i % 256}")
+    assert len(limiter._buckets) == 100
+    assert "ip:10.0.3.231" in limiter._buckets and "ip:10.0.0.0" not in limiter._buckets  # the oldest went first
+
+
 def test_not_ready_until_warmed_up(monkeypatch) -> None:
     release = threading.Event()
     original = fmpn.inference.Predictor.warmup
