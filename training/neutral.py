@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 
 from fmpn.data import Sample, SampleSet
+from fmpn.images import read_image
 from training.masks import read_index_rows
 
 NEUTRAL = "neutral"
@@ -50,9 +51,7 @@ def write_neutral_faces(pairs_dir: str | Path, out: str | Path) -> int:
     (out / NEUTRAL).mkdir(parents=True, exist_ok=True)
     listed = []
     for row in rows:
-        image = cv2.imread(str(pairs_dir / row["relpath"]), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise ValueError(f"cannot read {pairs_dir / row['relpath']}")
+        image = read_image(pairs_dir / row["relpath"], "L", what="neutral frame")  # the service's decoder
         h, w = image.shape
         dy, dx = round(h * INSET), round(w * INSET)
         face = cv2.resize(image[dy : h - dy, dx : w - dx], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
