@@ -152,9 +152,13 @@ def _video(
     detect_every: int | None,
     mask: bool,
     max_faces: int | None,
+    start: float | None,
+    end: float | None,
     stream: bool = False,
 ) -> _Call:
-    params = _given(fps=fps, max_frames=max_frames, detect_every=detect_every, mask=mask, max_faces=max_faces)
+    params = _given(
+        fps=fps, max_frames=max_frames, detect_every=detect_every, mask=mask, max_faces=max_faces, start=start, end=end
+    )
     headers = {"Content-Type": "application/octet-stream"}
     if stream:
         headers["Accept"] = "application/x-ndjson"
@@ -286,11 +290,14 @@ class Client:
         detect_every: int | None = None,
         mask: bool = False,
         max_faces: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
     ) -> dict[str, Any]:
         """A video's sampled frames with their faces' track ids, and the tracks; one answer at the end.
         ``detect_every`` N: faces followed between whole-frame detections every N sampled frames (faster);
-        ``mask``: each face's motion mask too (large for a video)."""
-        call = _video(video, fps, max_frames, detect_every, mask, max_faces)
+        ``mask``: each face's motion mask too (large for a video); ``start``/``end``: only that stretch, in
+        seconds (a video longer than the service's frame limit, a window at a time)."""
+        call = _video(video, fps, max_frames, detect_every, mask, max_faces, start, end)
         return call.result(self._send(call))
 
     def stream_video(
@@ -302,10 +309,12 @@ class Client:
         detect_every: int | None = None,
         mask: bool = False,
         max_faces: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
     ) -> Iterator[dict[str, Any]]:
         """The same as JSON lines while the frames are analysed: a ``video`` line, ``frame`` lines, a ``summary``.
         An ``error`` line (the analysis failed midway) raises :class:`ServiceError` after the lines before it."""
-        call = _video(video, fps, max_frames, detect_every, mask, max_faces, stream=True)
+        call = _video(video, fps, max_frames, detect_every, mask, max_faces, start, end, stream=True)
         response = self._send(call, stream=True)
         try:
             for text in response.iter_lines():
@@ -418,8 +427,10 @@ class AsyncClient:
         detect_every: int | None = None,
         mask: bool = False,
         max_faces: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
     ) -> dict[str, Any]:
-        call = _video(video, fps, max_frames, detect_every, mask, max_faces)
+        call = _video(video, fps, max_frames, detect_every, mask, max_faces, start, end)
         return call.result(await self._send(call))
 
     async def stream_video(
@@ -431,8 +442,10 @@ class AsyncClient:
         detect_every: int | None = None,
         mask: bool = False,
         max_faces: int | None = None,
+        start: float | None = None,
+        end: float | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
-        call = _video(video, fps, max_frames, detect_every, mask, max_faces, stream=True)
+        call = _video(video, fps, max_frames, detect_every, mask, max_faces, start, end, stream=True)
         response = await self._send(call, stream=True)
         try:
             async for text in response.aiter_lines():

@@ -42,7 +42,7 @@ from fmpn.inference import (
     Predictor,
     decode_image,
 )
-from fmpn.video import FaceFollower, Frame, VideoDecodeError, follow_faces, probe_video, sample_frames
+from fmpn.video import FaceFollower, Frame, VideoDecodeError, Window, follow_faces, probe_video, sample_frames
 
 log = logging.getLogger("app")
 
@@ -465,6 +465,7 @@ class Service:
         max_faces: int | None,
         keep_frames: bool = True,
         detect_every: int = 1,
+        window: Window | None = None,
     ) -> AsyncIterator[VideoAnalysis | VideoFrameResult]:
         """One uploaded video: first its ``VideoAnalysis`` (once the video opened; a bad video raises ApiError
         before), then each sampled frame's result as it is predicted; the analysis then holds the tracks.
@@ -480,7 +481,7 @@ class Service:
                 info = await anyio.to_thread.run_sync(probe_video, path)
             except VideoDecodeError as exc:
                 raise self._undecodable(exc) from None
-            analysis = VideoAnalysis(info, model_info, fps, frames_cap, include_mask, keep_frames)
+            analysis = VideoAnalysis(info, model_info, fps, frames_cap, include_mask, keep_frames, window)
             timings = analysis.timings
             timings.update(decode=0.0, queue=0.0, detect=0.0, model=0.0)
             frames = sample_frames(
@@ -490,6 +491,7 @@ class Service:
                 self.settings.max_pixels,
                 max_decoded=cap * DECODED_PER_ANALYSED,
                 report=analysis.report,
+                window=analysis.window,
             )
             follower = FaceFollower(detect_every)
             try:
@@ -506,8 +508,11 @@ class Service:
                     if first:  # the first frames decoded: the video is good (limits checked, frames readable)
                         if not chunk:
                             self.metrics.rejected.labels("invalid_video").inc()
+                            where = "" if analysis.window.whole else " between start and end"
                             raise ApiError(
-                                400, "invalid_video", "the video has no frame that could be decoded (corrupt or empty)"
+                                400,
+                                "invalid_video",
+                                f"the video has no frame{where} that could be decoded (corrupt or empty)",
                             )
                         yield analysis
                         first = False

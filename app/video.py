@@ -15,7 +15,7 @@ from pydantic_core import to_jsonable_python
 from app.errors import ApiError
 from app.schemas import ModelRef, VideoFrameResult, VideoMeta, VideoResponse, track_results, video_frame_result
 from fmpn.inference import ImagePrediction
-from fmpn.video import DecodeReport, FaceTracker, Frame, VideoInfo, every_frame, frames_to_sample
+from fmpn.video import DecodeReport, FaceTracker, Frame, VideoInfo, Window, every_frame, frames_to_sample
 
 
 class VideoAnalysis:
@@ -30,8 +30,10 @@ class VideoAnalysis:
         max_frames: int | None,
         include_mask: bool,
         keep_frames: bool = True,
+        window: Window | None = None,
     ) -> None:
         self.info = info
+        self.window = window if window is not None else Window()
         self.model = model
         self.fps = fps
         self.max_frames = max_frames
@@ -66,10 +68,12 @@ class VideoAnalysis:
             ),
             "model": ModelRef(name=self.model["name"], profile=self.model["profile"], version=self.model["version"]),
             "sampled_fps": None if every_frame(info, self.fps) else self.fps,
+            "start_s": self.window.start_s,
+            "end_s": self.window.end_s,
         }
 
     def summary(self) -> dict[str, Any]:
-        expected = frames_to_sample(self.info, self.fps)
+        expected = frames_to_sample(self.info, self.fps, self.window)
         analysed = self.analysed
         cut = self.max_frames is not None and analysed >= self.max_frames and (expected is None or expected > analysed)
         truncated = cut or self.report.decode_limit is not None
@@ -81,7 +85,8 @@ class VideoAnalysis:
             )
         warnings.extend(self.report.warnings(self.info))
         if analysed == 0:
-            warnings.append("the video has no frame that could be decoded")
+            where = "" if self.window.whole else " between start and end"
+            warnings.append(f"the video has no frame{where} that could be decoded")
         timings = {k: round(v * 1000, 2) for k, v in self.timings.items()}
         timings["total"] = round((time.perf_counter() - self.started) * 1000, 2)
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     video.add_argument("--fps", type=float, help="frames analysed a second of video (default: FMPN_VIDEO_FPS, 5)")
     video.add_argument("--all-frames", action="store_true", help="analyse every frame (overrides --fps)")
     video.add_argument("--max-frames", type=int, help="analyse at most this many frames (default: all)")
+    video.add_argument(
+        "--start",
+        type=video_time,
+        default=0.0,
+        metavar="TIME",
+        help="analyse from this time on: seconds (90.5) or [HH:]MM:SS[.ms] (1:30.5); frames keep their number in the "
+        "whole video, so a long video can be analysed in pieces (default 0)",
+    )
+    video.add_argument(
+        "--end", type=video_time, metavar="TIME", help="... up to this time, excluded (default: the video's end)"
+    )
     video.add_argument("--batch", type=int, default=8, help="frames per model batch (default 8)")
     video.add_argument(
         "--detect-every",
@@ -54,13 +66,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     video.set_defaults(func=run_video)
 
 
+def video_time(text: str) -> float:
+    """Seconds from ``90.5`` or ``[HH:]MM:SS[.ms]`` (as FFmpeg's -ss takes them)."""
+    parts = text.strip().split(":")
+    try:
+        if len(parts) > 3 or any(not p.strip() for p in parts):
+            raise ValueError
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (seconds such as 90.5, or [HH:]MM:SS such as 1:30)"
+        ) from None
+    if any(not math.isfinite(v) or v < 0 for v in values) or any(v >= 60 for v in values[1:]):
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (minutes and seconds below 60, nothing negative)")
+    seconds = 0.0
+    for v in values:
+        seconds = seconds * 60 + v
+    return seconds
+
+
 def run_video(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.render import render_overlay
     from app.service import build_predictor
     from app.video import VideoAnalysis, json_line
-    from fmpn.video import frames_to_sample, predict_frames, probe_video, sample_frames
+    from fmpn.video import Window, frames_to_sample, predict_frames, probe_video, sample_frames
 
     settings = _settings(args, compile="off")
     fps = None if args.all_frames else (settings.video_fps if args.fps is None else args.fps)
@@ -71,10 +102,14 @@ def run_video(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     detect_every = settings.video_detect_every if args.detect_every is None else args.detect_every
+    window = Window(args.start, args.end)
     path = Path(args.video)
     info = probe_video(path)  # a clear error before the model loads
+    window.check(info)
     predictor = build_predictor(settings)
-    analysis = VideoAnalysis(info, predictor.info(), fps, args.max_frames, args.mask, keep_frames=not args.jsonl)
+    analysis = VideoAnalysis(
+        info, predictor.info(), fps, args.max_frames, args.mask, keep_frames=not args.jsonl, window=window
+    )
     out = sys.stdout.buffer
     if args.jsonl:
         out.write(json_line("video", analysis.head()))
@@ -82,8 +117,8 @@ def run_video(args: argparse.Namespace) -> int:
     overlay_fps = analysis.head()["sampled_fps"] or info.fps or 25.0  # the analysed frames' rate
     timings = analysis.timings
     t0 = time.perf_counter()
-    frames = sample_frames(path, fps, args.max_frames, settings.max_pixels, report=analysis.report)
-    expected = frames_to_sample(info, fps)
+    frames = sample_frames(path, fps, args.max_frames, settings.max_pixels, report=analysis.report, window=window)
+    expected = frames_to_sample(info, fps, window)
     total = min(filter(None, (expected, args.max_frames)), default=None)
     table = FrameTable(args.csv, predictor.classes) if args.csv else None
     # A progress bar on a terminal only (tqdm's disable=None), on stderr: stdout carries the JSON.

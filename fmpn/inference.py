@@ -42,7 +42,7 @@ from fmpn.images import image_array, pad_edges
 from fmpn.models import class_probabilities
 from fmpn.models.fuse import compile_frozen, prepare_for_inference
 from fmpn.precision import autocast, resolve_precision
-from fmpn.video import DEFAULT_FPS, VideoPrediction, container_format, predict_video
+from fmpn.video import DEFAULT_FPS, VideoPrediction, Window, container_format, predict_video
 
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
@@ -632,11 +632,13 @@ class Predictor:
         fps: float | None = DEFAULT_FPS,
         max_frames: int | None = None,
         detect_every: int = 1,
+        window: Window | None = None,
     ) -> VideoPrediction:
         """The faces of a video's frames sampled at ``fps`` a second (None: every frame), each with a track id, and
         the tracks with their probabilities averaged over the frames (``fmpn.video.predict_video``; ``detect_every``:
-        :class:`fmpn.video.FaceFollower`). A file that cannot be read raises ``VideoDecodeError`` with the reason."""
-        return predict_video(self, path, fps, max_frames, detect_every)
+        :class:`fmpn.video.FaceFollower`; ``window``: a stretch of it, :class:`fmpn.video.Window`). A file that
+        cannot be read raises ``VideoDecodeError`` with the reason."""
+        return predict_video(self, path, fps, max_frames, detect_every, window=window)
 
     @staticmethod
     def _per_image(name: str, value: Any, n: int) -> list[Any]:

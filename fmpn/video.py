@@ -46,6 +46,45 @@ class VideoInfo:
         return self.frames / self.fps if self.fps > 0 else 0.0
 
 
+MAX_TIME_S = 1e9  # seconds (31 years): a bound on window times, so that no time overflows in frame arithmetic
+
+
+@dataclass(frozen=True)
+class Window:
+    """The stretch of a video to analyse, in seconds of its timeline: frames from ``start_s`` (included) to
+    ``end_s`` (excluded; None: to the end). Windows end to end (0-60, 60-120, ...) cover a long video with no
+    frame twice, each under a request's frame limit, and report frames by their number in the whole video."""
+
+    start_s: float = 0.0
+    end_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.start_s) and 0 <= self.start_s <= MAX_TIME_S):
+            raise ValueError(f"start must be 0 to {MAX_TIME_S:.0f} seconds, got {self.start_s}")
+        if self.end_s is not None and not (math.isfinite(self.end_s) and self.start_s < self.end_s <= MAX_TIME_S):
+            raise ValueError(
+                f"end must be after start ({self.start_s:g} s) and at most {MAX_TIME_S:.0f}, got {self.end_s}"
+            )
+
+    @property
+    def whole(self) -> bool:
+        return self.start_s == 0 and self.end_s is None
+
+    def check(self, info: VideoInfo) -> None:
+        """A start at or past the video's end (as far as the container says) is refused: it would analyse nothing."""
+        if info.duration_s > 0 and self.start_s >= info.duration_s:
+            raise VideoDecodeError(
+                "start_past_end",
+                f"start {self.start_s:g} s is at or past the end of the video ({info.duration_s:.3f} s long)",
+            )
+
+    def frame_range(self, info: VideoInfo) -> tuple[int, int]:
+        """The numbers of its first frame and of the frame after its last, from the container's rate and count."""
+        first = math.ceil(self.start_s * info.fps - 1e-6)
+        stop = info.frames if self.end_s is None else min(info.frames, math.ceil(self.end_s * info.fps - 1e-6))
+        return first, max(first, stop)
+
+
 @dataclass(frozen=True)
 class Frame:
     index: int  # 0-based frame number in the video
@@ -142,10 +181,12 @@ def sample_frames(
     max_pixels: int | None = None,
     max_decoded: int | None = None,
     report: DecodeReport | None = None,
+    window: Window | None = None,
 ) -> Iterator[Frame]:
-    """The video's frames at ``fps`` a second: the first at or after each point of a 1/fps grid of times (None, or
-    at least the video's own rate: every frame), at most ``max_frames`` of them. Frames in between are grabbed, not
-    converted. A video whose frames are larger than ``max_pixels`` is refused before any is decoded.
+    """The video's frames at ``fps`` a second: the first at or after each point of a 1/fps grid of times from the
+    ``window``'s start (None, or at least the video's own rate: every frame), at most ``max_frames`` of them.
+    Frames in between are grabbed, not converted. A video whose frames are larger than ``max_pixels`` is refused
+    before any is decoded. A window's start is sought (FFmpeg decodes from the keyframe before it), not decoded to.
 
     A frame that cannot be decoded is skipped (up to MAX_BAD_FRAMES in a row); ``max_decoded`` bounds the frames
     decoded in all (a very low ``fps`` would decode a whole long video for a few frames); ``report`` says what
@@ -155,8 +196,10 @@ def sample_frames(
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
     report = report if report is not None else DecodeReport()
+    window = window if window is not None else Window()
     capture, info = _capture(path)
     try:
+        window.check(info)
         if max_pixels is not None and info.width * info.height > max_pixels:
             raise VideoDecodeError(
                 "too_many_pixels",
@@ -166,14 +209,18 @@ def sample_frames(
         # Frames are picked by their timestamps on a grid of 1/fps: phones record at a variable frame rate, where
         # frame numbers are not times. Every frame when no rate is asked or the video's is no higher.
         every = every_frame(info, fps)
-        picked = index = 0
+        picked = index = grabbed = 0
+        if window.start_s > 0 and capture.set(cv2.CAP_PROP_POS_MSEC, window.start_s * 1000.0):
+            index = max(0, int(capture.get(cv2.CAP_PROP_POS_FRAMES)))  # frames keep their number in the video
+        stop = window.frame_range(info)[1] if info.frames > 0 and info.fps > 0 else 0  # 0: not known
         bad = 0  # frames in a row that could not be decoded, not yet followed by one that could
-        next_time = 0.0
+        next_time = window.start_s
         while max_frames is None or picked < max_frames:
-            if max_decoded is not None and index >= max_decoded:
-                if not 0 < info.frames <= index:  # frames left (as far as the container says): cut here
+            if max_decoded is not None and grabbed >= max_decoded:
+                if not 0 < stop <= index:  # frames left (as far as the container says): cut here
                     report.decode_limit = max_decoded
                 break
+            grabbed += 1
             ok, wanted, time_s, bgr = capture.grab(), False, 0.0, None
             if ok:
                 msec = capture.get(cv2.CAP_PROP_POS_MSEC)
@@ -181,7 +228,10 @@ def sample_frames(
                     time_s = msec / 1000.0
                 else:
                     time_s = index / info.fps if info.fps > 0 else 0.0
-                wanted = every or time_s + 1e-6 >= next_time
+                if window.end_s is not None and time_s + 1e-6 >= window.end_s:
+                    report.skipped += bad
+                    break
+                wanted = time_s + 1e-6 >= next_time  # every frame: the window's start, never moved
                 if wanted:
                     ok, bgr = capture.retrieve()
                     ok = ok and bgr is not None
@@ -201,7 +251,7 @@ def sample_frames(
                 yield Frame(index=index - 1, time_s=time_s, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 picked += 1
                 if not every:  # the next grid point after this frame (a long frame may pass several)
-                    next_time = (math.floor(time_s * fps + 1e-6) + 1) / fps
+                    next_time = window.start_s + (math.floor((time_s - window.start_s) * fps + 1e-6) + 1) / fps
     finally:
         capture.release()
 
@@ -430,15 +480,17 @@ def predict_video(
     max_frames: int | None = None,
     detect_every: int = 1,
     batch: int = 8,
+    window: Window | None = None,
 ) -> VideoPrediction:
-    """The faces of a video file's frames sampled at ``fps`` (None: every frame), followed from frame to frame:
-    ``fmpn video`` in Python. Every frame's result is kept: for a long video, ``max_frames``, or
-    :func:`predict_frames` with a :class:`FaceTracker` of your own, which keeps nothing."""
+    """The faces of a video file's frames sampled at ``fps`` (None: every frame) within ``window`` (None: all of
+    it), followed from frame to frame: ``fmpn video`` in Python. Every frame's result is kept: for a long video,
+    ``max_frames``, a window at a time, or :func:`predict_frames` with a :class:`FaceTracker` of your own, which
+    keeps nothing."""
     info = probe_video(path)
     tracker = FaceTracker()
     frames = []
     for frame, prediction in predict_frames(
-        predictor, sample_frames(path, fps, max_frames), batch, detect_every=detect_every
+        predictor, sample_frames(path, fps, max_frames, window=window), batch, detect_every=detect_every
     ):
         faces = prediction.faces
         ids = tracker.update(frame.index, frame.time_s, [f.box for f in faces], [f.probabilities for f in faces])
@@ -446,10 +498,11 @@ def predict_video(
     return VideoPrediction(info, frames, longest_first(tracker.tracks))
 
 
-def frames_to_sample(info: VideoInfo, fps: float | None) -> int | None:
+def frames_to_sample(info: VideoInfo, fps: float | None, window: Window | None = None) -> int | None:
     """How many frames ``sample_frames`` yields with no ``max_frames``; None when the container does not say."""
     if info.frames <= 0 or info.fps <= 0:
         return None
+    first, stop = (window or Window()).frame_range(info)
     if every_frame(info, fps):
-        return info.frames
-    return math.ceil(info.frames / (info.fps / fps) - 1e-9)
+        return stop - first
+    return math.ceil((stop - first) / (info.fps / fps) - 1e-9)

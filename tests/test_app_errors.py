@@ -283,8 +283,11 @@ def test_a_multipart_body_of_many_parts_is_refused(client) -> None:
     body = image + b"\r\n" + part * 100 + b"--b--\r\n"
     r = client.post("/v1/predictions", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
     expect_error(r, 413, "too_many_parts", "64")
-    r = client.post("/v1/predictions", content=image + b"\r\n" + part * 10 + b"--b--\r\n",
-                    headers={"Content-Type": "multipart/form-data; boundary=b"})
+    r = client.post(
+        "/v1/predictions",
+        content=image + b"\r\n" + part * 10 + b"--b--\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+    )
     assert r.status_code == 200, r.text
 
 

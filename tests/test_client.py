@@ -74,6 +74,8 @@ def test_videos_whole_and_streamed(server, monkeypatch) -> None:
         whole = fmpn.predict_video(clip, fps=5)
         lines = list(fmpn.stream_video(clip.read_bytes(), fps=5))
         one = fmpn.predict_video(clip, max_frames=1, mask=True, max_faces=1)  # masks on request, fewer faces
+        window = fmpn.predict_video(clip, fps=5, start=1, end=2)  # a stretch, its frames numbered as in the video
+        assert [f["frame"] for f in window["frames"]] == [25, 30, 35, 40, 45] and window["end_s"] == 2
         (frame,) = one["frames"]
         assert len(frame["faces"]) == 1 < frame["faces_detected"] and frame["faces"][0]["mask"]["width"] == 64
     assert whole["frames_analysed"] == 6 and whole["frames_truncated"] is True
@@ -140,7 +142,7 @@ def test_the_client_reads_retry_after_dates_error_lines_and_sends_every_paramete
             "GET /v1/predictions/r1/overlay.png?alpha=0.5&boxes=false&labels=false",
             "GET /v1/predictions/r1/faces/2/mask.png",
             "POST /v1/videos:predict?mask=true&max_faces=3",
-            "POST /v1/videos:predict?fps=5.0&mask=false&max_faces=2",
+            "POST /v1/videos:predict?fps=5.0&mask=false&max_faces=2&start=60.0&end=90.5",
         ]
         sent.clear()
 
@@ -154,7 +156,7 @@ def test_the_client_reads_retry_after_dates_error_lines_and_sends_every_paramete
         fmpn.predict_batch([b"x"], mask=False, max_faces=1, detect=False)
         assert fmpn.result("a/b")["id"] == "x"
         assert fmpn.overlay("r1", alpha=0.5, boxes=False, labels=False) == b"\x89PNG" == fmpn.mask("r1", 2)
-        for kwargs in ({"mask": True, "max_faces": 3}, {"fps": 5.0, "max_faces": 2}):
+        for kwargs in ({"mask": True, "max_faces": 3}, {"fps": 5.0, "max_faces": 2, "start": 60.0, "end": 90.5}):
             with pytest.raises(ServiceError) as info:
                 list(fmpn.stream_video(b"v", **kwargs))
             statuses.append(info.value.status)
@@ -172,7 +174,7 @@ def test_the_client_reads_retry_after_dates_error_lines_and_sends_every_paramete
             assert (await fmpn.result("a/b"))["id"] == "x"
             assert await fmpn.overlay("r1", alpha=0.5, boxes=False, labels=False) == b"\x89PNG"
             assert await fmpn.mask("r1", 2) == b"\x89PNG"
-            for kwargs in ({"mask": True, "max_faces": 3}, {"fps": 5.0, "max_faces": 2}):
+            for kwargs in ({"mask": True, "max_faces": 3}, {"fps": 5.0, "max_faces": 2, "start": 60.0, "end": 90.5}):
                 with pytest.raises(ServiceError) as info:
                     [line async for line in fmpn.stream_video(b"v", **kwargs)]
                 statuses.append(info.value.status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 
@@ -25,6 +26,7 @@ from fmpn.video import (
     FaceFollower,
     FaceTracker,
     VideoDecodeError,
+    Window,
     container_format,
     frames_to_sample,
     predict_frames,
@@ -192,6 +194,44 @@ def test_frames_are_sampled_at_the_asked_rate() -> None:
     assert [f.index for f in sample_frames(clip, fps=2, max_frames=3)] == [0, 13, 25]  # the first at or after each 12.5
 
 
+def test_a_window_is_the_videos_frames_from_start_to_end() -> None:
+    clip = _clip()
+    info = probe_video(clip)
+    every = list(itertools.islice(sample_frames(clip, fps=None, max_frames=50), 25, 50))
+    window = list(sample_frames(clip, fps=None, window=Window(1.0, 2.0)))
+    assert [f.index for f in window] == list(range(25, 50)) == [f.index for f in every]
+    for got, want in zip(window, every, strict=True):  # the start sought, not decoded to: the same frames
+        np.testing.assert_array_equal(got.rgb, want.rgb)
+        assert got.time_s == pytest.approx(want.time_s)
+    # Windows end to end on the sampling grid: the whole video's frames, none twice, numbered as in the video.
+    pieces = [Window(0, 1.0), Window(1.0, 2.6), Window(2.6)]
+    tiled = [[f.index for f in sample_frames(clip, fps=5, window=w)] for w in pieces]
+    assert sum(tiled, []) == [f.index for f in sample_frames(clip, fps=5)] == list(range(0, 105, 5))
+    assert [len(t) for t in tiled] == [frames_to_sample(info, 5, w) for w in pieces] == [5, 8, 8]
+    # A start between two frames (4.1 s: frame 102 is at 4.08 s): the first frame at or after it.
+    assert [f.index for f in sample_frames(clip, fps=None, window=Window(4.1))] == [103, 104]
+    assert frames_to_sample(info, None, Window(4.1)) == 2
+    report = DecodeReport()  # the decoding limit counts from the start
+    assert [f.index for f in sample_frames(clip, fps=0.1, max_decoded=10, report=report, window=Window(1.0))] == [25]
+    assert report.decoded == 10 and report.decode_limit == 10
+    short = DecodeReport()  # a window that ends before the limit is not cut by it
+    assert len(list(sample_frames(clip, fps=None, max_decoded=10, report=short, window=Window(1.0, 1.3)))) == 8
+    assert short.decode_limit is None
+    with pytest.raises(VideoDecodeError, match=r"start 4.2 s is at or past the end of the video \(4.200 s long\)") as e:
+        next(sample_frames(clip, window=Window(4.2)))
+    assert e.value.code == "start_past_end"
+    for start, end, message in [
+        (-1.0, None, "start must be 0 to 1000000000 seconds, got -1.0"),
+        (float("nan"), None, "start must be 0 to 1000000000 seconds, got nan"),
+        (1e300, None, r"start must be 0 to 1000000000 seconds, got 1e\+300"),
+        (2.0, 2.0, r"end must be after start \(2 s\) and at most 1000000000, got 2.0"),
+        (0.0, float("inf"), "end must be after start"),
+        (0.0, 1e300, "end must be after start"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            Window(start, end)
+
+
 def _rotated_copy(clip, folder):
     """The clip as a phone records a portrait video: the same frames, a 90-degree rotation in the track header
     (tkhd's display matrix), which players and FFmpeg apply."""
@@ -263,6 +303,49 @@ def mjpeg_avi(path, frames: int = 10, corrupt: tuple[int, ...] = ()):  # noqa: A
         data[at + 10 : at + 8 + size] = noise.integers(0, 256, size - 2, dtype=np.uint8).tobytes()  # past the SOI
     path.write_bytes(bytes(data))
     return path
+
+
+def _lying_avi(path, declared: int, real: int, frames: int):  # noqa: ANN001, ANN202 - a Path
+    """An MJPEG AVI whose headers (and first frame) say ``declared`` pixels square while the later frames are JPEGs
+    of ``real`` pixels square: a way past a pixel limit checked on the declared size."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    def jpeg(side: int, colour: tuple[int, int, int]) -> bytes:
+        buf = BytesIO()
+        Image.new("RGB", (side, side), colour).save(buf, "JPEG", quality=50)
+        return buf.getvalue()
+
+    def chunk(fourcc: bytes, data: bytes) -> bytes:
+        return fourcc + struct.pack("<I", len(data)) + data + (b"\0" if len(data) % 2 else b"")
+
+    images = [jpeg(declared, (200, 40, 40))] + [jpeg(real, (90, 120, 150))] * (frames - 1)
+    n, w = frames, declared
+    avih = struct.pack("<10I", 40000, 0, 0, 0x10, n, 0, 1, 0, w, w) + bytes(16)
+    strh = b"vidsMJPG" + struct.pack("<IHHIIIIIIIIhhhh", 0, 0, 0, 0, 1, 25, 0, n, 0, 0xFFFFFFFF, 0, 0, 0, w, w)
+    strf = struct.pack("<IiiHH4sIiiII", 40, w, w, 1, 24, b"MJPG", w * w * 3, 0, 0, 0, 0)
+    strl = chunk(b"LIST", b"strl" + chunk(b"strh", strh) + chunk(b"strf", strf))
+    hdrl = chunk(b"LIST", b"hdrl" + chunk(b"avih", avih) + strl)
+    movi, index, offset = b"", b"", 4
+    for image in images:
+        piece = chunk(b"00dc", image)
+        index += b"00dc" + struct.pack("<III", 0x10, offset, len(image))
+        movi += piece
+        offset += len(piece)
+    riff = b"AVI " + hdrl + chunk(b"LIST", b"movi" + movi) + chunk(b"idx1", index)
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(riff)) + riff)
+    return path
+
+
+def test_frames_larger_than_the_container_says_come_out_at_its_size(tmp_path) -> None:
+    video = _lying_avi(tmp_path / "lying.avi", declared=64, real=1600, frames=4)
+    info = probe_video(video)
+    assert (info.width, info.height, info.frames) == (64, 64, 4)
+    frames = list(sample_frames(video, fps=None, max_pixels=64 * 64))
+    assert [f.rgb.shape for f in frames] == [(64, 64, 3)] * 4  # scaled by OpenCV, never held at 1600x1600
+    assert frames[1].rgb.mean(axis=(0, 1)) == pytest.approx([90, 120, 150], abs=15)  # the big frames' colour,
+    assert frames[0].rgb.mean(axis=(0, 1)) == pytest.approx([200, 40, 40], abs=15)  # not the first one's
 
 
 def test_a_frame_that_cannot_be_decoded_is_skipped_and_the_rest_read(tmp_path) -> None:
@@ -341,6 +424,18 @@ def test_fmpn_video_jsonl_streams_the_same_answer(fast_env, capsys) -> None:
     assert lines[-1]["tracks"] == whole["tracks"] and lines[0]["video"] == whole["video"]
 
 
+def test_fmpn_video_analyses_a_window_given_in_seconds_or_minutes(fast_env, capsys) -> None:
+    clip = str(_clip())
+    assert main(["video", clip, "--start", "0:01", "--end", "2", "--jsonl"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (lines[0]["start_s"], lines[0]["end_s"]) == (1.0, 2.0)
+    assert [line["frame"] for line in lines[1:-1]] == [25, 30, 35, 40, 45]  # numbered as in the whole video
+    assert lines[-1]["warnings"] == [] and all(t["first_frame"] >= 25 for t in lines[-1]["tracks"])
+    with pytest.raises(SystemExit):
+        main(["video", clip, "--start", "1:75"])
+    assert "argument --start: not a time: '1:75' (minutes and seconds below 60" in capsys.readouterr().err
+
+
 def test_fmpn_video_writes_a_row_a_face_a_frame(fast_env, tmp_path, capsys) -> None:
     import csv
 
@@ -392,6 +487,8 @@ def test_fmpn_video_refuses_bad_input_in_one_line(fast_env, tmp_path, capsys) ->
         (["video", str(clip), "--fps", "0"], "--fps must be above 0"),
         (["video", str(clip), "--max-frames", "0"], "--max-frames must be at least 1"),
         (["video", str(clip), "--detect-every", "0"], "--detect-every must be at least 1"),
+        (["video", str(clip), "--start", "4.2"], "start 4.2 s is at or past the end of the video (4.200 s long)"),
+        (["video", str(clip), "--start", "0:02", "--end", "1"], "end must be after start (2 s) and at most"),
     ]:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
@@ -456,6 +553,26 @@ def test_the_service_predicts_a_video_like_its_frames_as_photos(server) -> None:
         assert [len(f["faces"]) for f in followed["frames"]] != [0] * 8
         assert sum(len(f["faces"]) for f in followed["frames"]) >= 0.7 * sum(len(f["faces"]) for f in every["frames"])
         assert sum(t["frames"] >= 6 for t in followed["tracks"]) >= 3  # the same people, followed
+
+
+def test_the_service_analyses_a_window_of_a_video(server) -> None:
+    clip = _clip().read_bytes()
+    with server.client() as client:
+        r = client.post("/v1/videos:predict", params={"fps": 5, "start": 2, "end": 3}, content=clip)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [f["frame"] for f in body["frames"]] == [50, 55, 60, 65, 70]
+        assert (body["start_s"], body["end_s"], body["frames_truncated"], body["warnings"]) == (2, 3, False, [])
+        assert body["tracks"] and all(t["first_frame"] >= 50 and t["last_frame"] <= 70 for t in body["tracks"])
+        past = client.post("/v1/videos:predict", params={"start": 4.2}, content=clip)
+        assert past.status_code == 400 and error_of(past)["code"] == "start_past_end"
+        assert error_of(past)["message"] == "start 4.2 s is at or past the end of the video (4.200 s long)"
+        backwards = client.post("/v1/videos:predict", params={"start": 2, "end": 1.5}, content=clip)
+        assert backwards.status_code == 422 and error_of(backwards)["code"] == "invalid_request"
+        assert error_of(backwards)["message"] == "end must be after start (2 s) and at most 1000000000, got 1.5"
+        assert client.get("/healthz").status_code == 200
+        metrics = client.get("/metrics").text
+        assert metric_value(metrics, "fmpn_rejected_total", reason="start_past_end") == 1
 
 
 def test_the_service_streams_json_lines_while_it_analyses(server) -> None:

@@ -13,6 +13,7 @@ from app.routes.predictions import MAX_FACES_QUERY
 from app.schemas import VideoResponse, error_responses
 from app.upload import VIDEO_TYPES, read_video
 from app.video import json_line
+from fmpn.video import Window
 
 NDJSON = "application/x-ndjson"
 
@@ -20,12 +21,13 @@ router = APIRouter(tags=["videos"])
 
 _ERRORS = error_responses(
     {
-        400: "empty body, or a video that cannot be decoded (corrupt, truncated, unknown codec)",
+        400: "empty body, a video that cannot be decoded (corrupt, truncated, unknown codec), or a start at or past "
+        "its end (start_past_end)",
         401: "missing or wrong API key (when one is configured)",
         403: "video uploads are turned off (FMPN_VIDEOS=false)",
         413: "body over max_video_bytes, or frames over max_pixels",
         415: "unsupported content type or container (MP4/MOV, WebM/MKV, AVI)",
-        422: "invalid parameters",
+        422: "invalid parameters (an end not after start among them)",
         429: "rate limit exceeded (Retry-After)",
         500: "inference failed on a frame (the error is logged; the service goes on)",
         501: "video uploads need Linux (an in-memory file for FFmpeg)",
@@ -84,6 +86,13 @@ async def predict_video(
         "the frame before (a fraction of the time; a face that enters is found at the next whole-frame detection); "
         "default video_detect_every (1: every frame)",
     ),
+    start: float = Query(0.0, ge=0, description="analyse from this time on, seconds of the video"),
+    end: float | None = Query(
+        None,
+        gt=0,
+        description="... up to this time, excluded (default: the video's end). Windows end to end (start=0&end=60, "
+        "start=60&end=120, ...) analyse a video longer than max_video_frames, frames numbered as in the whole video",
+    ),
     mask: bool = Query(False, description="include each face's motion mask as base64 PNG (large for a video)"),
     max_faces: int | None = MAX_FACES_QUERY,
 ) -> Response:
@@ -91,6 +100,10 @@ async def predict_video(
     settings = request.app.state.settings
     if not settings.videos:
         raise ApiError(403, "videos_disabled", "video uploads are turned off on this service (FMPN_VIDEOS=false)")
+    try:
+        window = Window(start, end)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_request", str(exc)) from None
     service.require_ready()
     data = await read_video(request, settings.max_video_bytes)
     stream = NDJSON in request.headers.get("accept", "")
@@ -102,6 +115,7 @@ async def predict_video(
         include_mask=mask,
         max_faces=max_faces,
         keep_frames=not stream,
+        window=window,
     )
     try:
         analysis = await anext(events)  # a video that cannot be read is an error status, before any line
