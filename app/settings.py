@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     )
     compile: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="compile the model with frozen weights (about 2x faster a face on CPU; each of 4 batch shapes "
-        "compiles once, in the warm-up); auto: on a CPU with a C++ compiler",
+        description="compile the model with frozen weights (about 2x faster a face on CPU): on a CPU ahead of time "
+        "by child processes, 4 batch shapes, kept in TORCHINDUCTOR_CACHE_DIR/fmpn-compiled and loaded from there on "
+        "the next start or reload; auto: on a CPU with a C++ compiler",
     )
 
     # detection

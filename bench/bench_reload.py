@@ -4,18 +4,24 @@ OpenMP team is left competing with the inference thread).
 
 Starts ``uvicorn app.main:app`` in a subprocess with an admin key, then: the p50 of ``--requests`` sequential
 photos (the first portrait-*.jpg, ``mask=false``) twice, then per reload its time, the photos answered during it
-and the p50 twice again. ``--compile on``: the reload compiles its batch shapes while photos are answered.
+and the p50 twice again. ``--compile on``: the model compiled ahead of time (``fmpn/aot.py``), its packages in a
+folder of the bench's own (``TORCHINDUCTOR_CACHE_DIR``): a reload of the same file loads them again; with ``--cold``
+the folder is emptied first, so that the reload compiles its batch shapes (in child processes) while photos are
+answered.
 
     python bench/bench_reload.py --threads 2                  # uncompiled, three reloads
-    python bench/bench_reload.py --threads 2 --compile on --reloads 1
+    python bench/bench_reload.py --threads 2 --compile on --reloads 1 --cold
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 from _common import add_server_args, resolve_weights, running_server
@@ -29,6 +35,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compile", choices=["auto", "on", "off"], default="off", help="FMPN_COMPILE")
     p.add_argument("--reloads", type=int, default=3, help="forced reloads, one after the other")
     p.add_argument("--requests", type=int, default=20, help="sequential photos per p50")
+    p.add_argument("--cold", action="store_true", help="delete the compiled packages before each reload")
     return p.parse_args()
 
 
@@ -57,14 +64,27 @@ def main() -> int:
         raise SystemExit(f"no portrait-*.jpg photo in {args.photos} (set FMPN_DATA or pass --photos)")
     photo = portraits[0].read_bytes()  # as taken; the server detects on a copy at most 640 px a side
     weights, note = resolve_weights(args)
-    env = {"FMPN_ADMIN_API_KEY": ADMIN_KEY, "FMPN_DETECT_MAX_SIDE": "640"}
+    cache = Path(tempfile.mkdtemp(prefix="fmpn-bench-compiled-"))
+    env = {"FMPN_ADMIN_API_KEY": ADMIN_KEY, "FMPN_DETECT_MAX_SIDE": "640", "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+    try:
+        return measure(args, photo, weights, note, env, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, photo: bytes, weights: Path, note: str, env: dict, cache: Path) -> int:
+    t0 = time.perf_counter()
     with running_server(args, weights, env) as (url, _, ready):
+        print(f"ready in {time.perf_counter() - t0:.1f} s (a cold start: an empty cache folder)")
         device = ready.get("model", {}).get("device")
         print(f"{weights.name}{note}: {device}, compile {args.compile}, {args.threads} torch threads")
         with httpx.Client(base_url=url, timeout=600) as client, httpx.Client(base_url=url, timeout=600) as side:
             first, second = p50_ms(client, photo, args.requests), p50_ms(client, photo, args.requests)
             print(f"before: p50 {first:.1f} / {second:.1f} ms")
             for k in range(args.reloads):
+                if args.cold:  # the packages and inductor's kernels: all compiled again
+                    shutil.rmtree(cache)
+                    cache.mkdir()
                 done, meanwhile = threading.Event(), []
                 worker = threading.Thread(target=during, args=(side, photo, done, meanwhile))
                 worker.start()

@@ -9,9 +9,10 @@ mean/std normalisation and fed to the model; probabilities are ``softmax(logits)
 All faces of all images passed to :meth:`Predictor.predict` go through the model in one forward pass
 (chunked at ``model_batch``). By default the model runs in float16 on CUDA and in bf16 autocast on CPUs
 with native bf16 instructions (:mod:`fmpn.precision`), float32 elsewhere. With ``compile`` the model is
-also compiled by inductor with frozen weights (:func:`fmpn.models.fuse.compile_frozen`, about twice as fast
-at small batches on a CPU); faces then go through it in chunks padded to one of ``COMPILED_BATCHES``, each
-shape compiled once (by :meth:`Predictor.warmup`, or on first use).
+also compiled by inductor with frozen weights (about twice as fast at small batches on a CPU): on a CPU ahead
+of time by child processes and kept on disk (:mod:`fmpn.aot`), on CUDA in process, each shape on first use
+(:func:`fmpn.models.fuse.compile_frozen`); faces then go through it in chunks padded to one of
+``COMPILED_BATCHES``.
 
 Nothing here imports ``app/`` or ``training/``.
 """
@@ -24,7 +25,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_transform
+from fmpn.aot import compile_model
 from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint, released_weights
 from fmpn.data.transforms import CENTRE, crop_box, resize_shorter
 from fmpn.detect import Face, FaceDetector, face_from_resized
@@ -260,6 +262,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 COMPILED_BATCHES = (1, 2, 4, 8)
 
 
+# The model as the predictor calls it: a batch of faces -> (logits, masks); the module, or it compiled.
+ModelFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
 # FMPN_COMPILE's values as Predictor's ``compile`` takes them (None: decide from the device and a C++ compiler).
 COMPILE_SETTINGS: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
 
@@ -291,14 +297,16 @@ class Predictor:
         flip_average: bool | None = None,
         retry_pad: float = 0.1,
         compile: bool | None = False,
+        compile_cache: str | Path | None = None,
     ) -> None:
         """``weights`` None: the released file (``weights/`` of the checkout). ``compile``: run the model compiled
-        with frozen weights (None: on a CPU with a C++ compiler); should compiling fail, the model runs uncompiled,
-        with one warning."""
+        with frozen weights (None: on a CPU with a C++ compiler); on a CPU compiled ahead of time by a child process
+        into ``compile_cache`` (None: :func:`fmpn.aot.default_cache_dir`), loaded from there when already built.
+        Should compiling fail, the model runs uncompiled, with one warning."""
         self.weights = released_weights() if weights is None else Path(weights)
         self.device = resolve_device(device)
         self.checkpoint: Checkpoint = load_checkpoint(self.weights)  # CheckpointError when missing/corrupt
-        self.sha256 = file_sha256(self.weights)
+        self.sha256 = file_sha256(self.weights)  # of the file as loaded: the compiled model is built from it
         self.profile = self.checkpoint.profile
         self.classes = list(self.checkpoint.classes)
         self.template = DEFAULT_TEMPLATE if self.checkpoint.template is None else self.checkpoint.template
@@ -310,7 +318,9 @@ class Predictor:
         self.model = prepare_for_inference(self.checkpoint.build_model(), self.precision, self.device)
         if compile is None:
             compile = self.device.type == "cpu" and cpp_compiler_found()
-        self.compiled: torch.nn.Module | None = compile_frozen(self.model) if compile else None
+        self.compiled: ModelFn | None = None
+        if compile:
+            self.compiled = self._compiled(compile_cache)
         self.detector = FaceDetector(self.device, min_face_size=min_face_size)
         self.max_faces = max_faces
         self.detect_max_side = detect_max_side
@@ -324,6 +334,22 @@ class Predictor:
         self.name = str(config.get("name") or self.weights.stem)
         self.version = str(config.get("version") or self.sha256[:12])
         self.warmed_up = False
+
+    def _compiled(self, cache: str | Path | None) -> ModelFn | None:
+        """The model compiled: on a CPU ahead of time, for the model batches of ``COMPILED_BATCHES`` faces (each
+        doubled by its mirror image when flip-averaging), or None with a warning when that fails; elsewhere
+        ``torch.compile``d, each shape on first use."""
+        if self.device.type != "cpu":
+            return compile_frozen(self.model)
+        views = 2 if self.flip_average else 1
+        batches = [b * views for b in COMPILED_BATCHES]
+        try:
+            folder = None if cache is None else Path(cache)
+            return compile_model(self.weights, self.sha256, self.precision, batches, folder)
+        except Exception as exc:  # no C++ compiler, a full disk, a timeout: served uncompiled, as before
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"compiling the model failed ({first}); it runs uncompiled", stacklevel=3)
+            return None
 
     # -- description -------------------------------------------------------------------------
 
@@ -655,7 +681,7 @@ class Predictor:
         rng = np.random.default_rng(0)
         self.detect([rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)])
         s = self.profile.image_size
-        for b in COMPILED_BATCHES if self.compiled is not None else batch_sizes:  # compiled: each shape compiles
+        for b in COMPILED_BATCHES if self.compiled is not None else batch_sizes:  # compiled: each shape it has
             self.classify(rng.integers(0, 255, (b, s, s, 3), dtype=np.uint8))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import ast
 import io
 import itertools
+import os
 import re
+import time
 from pathlib import Path
 
 import cv2
@@ -325,21 +327,70 @@ def test_compiled_model_answers_as_the_uncompiled_one_in_padded_chunks(group) ->
     assert (p_fast.argmax(1) == p_eager.argmax(1))[clear].all()
 
 
-def test_compiling_without_a_cpp_compiler_falls_back_to_the_uncompiled_model(group, monkeypatch) -> None:
-    """No compiler: auto leaves the model uncompiled; forced on, the first forward warns once and runs uncompiled."""
-    import torch._inductor.config as inductor_config
-
-    monkeypatch.setenv("CXX", "/nonexistent/g++")
+def test_compiling_without_a_cpp_compiler_falls_back_to_the_uncompiled_model(group, monkeypatch, tmp_path) -> None:
+    """No compiler: auto leaves the model uncompiled; forced on, the child's build fails and the predictor warns
+    once and runs uncompiled, with nothing half-written left in the cache."""
+    monkeypatch.setenv("CXX", "/nonexistent/g++")  # inherited by the compiling child, whose inductor reads it
     assert Predictor(checkpoint_path(), "cpu", compile=None).compiled is None
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached kernel would need no compiler
-    forced = Predictor(checkpoint_path(), "cpu", compile=True)
-    crops = np.stack([forced.align(group[0], f.landmarks)[0] for f in group[1].faces[:2]])
-    with pytest.warns(UserWarning, match="compiling the model failed"):
-        probs, masks = forced.classify(crops)
+    with pytest.warns(UserWarning, match=r"compiling the model failed \(.+\); it runs uncompiled"):
+        forced = Predictor(checkpoint_path(), "cpu", compile=True, compile_cache=tmp_path)
     assert forced.compiled is None and not forced.info()["compiled"]
+    crops = np.stack([forced.align(group[0], f.landmarks)[0] for f in group[1].faces[:2]])
+    probs, _ = forced.classify(crops)
     expected, _ = Predictor(checkpoint_path(), "cpu").classify(crops)
     np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []
+
+
+def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch, tmp_path) -> None:
+    """A second predictor of the same weights loads the packages without compiling; other weights, another
+    precision or another flip-averaging build their own (the key holds everything a package depends on)."""
+    import subprocess
+
+    from fmpn import aot
+
+    weights = checkpoint_path()
+    compiled = {"precision": "float32", "compile": True, "compile_cache": tmp_path}
+    first = Predictor(weights, "cpu", flip_average=False, **compiled)
+    assert isinstance(first.compiled, aot.CompiledModel) and first.compiled.batches == [1, 2, 4, 8]
+    packages = sorted(tmp_path.glob("*.pt2"))
+    assert len(packages) == 4 and all(p.name.startswith(first.sha256[:12] + "-float32-b") for p in packages)
+
+    def no_child(*args, **kwargs):
+        raise AssertionError("compiled again although cached")
+
+    monkeypatch.setattr(subprocess, "Popen", no_child)
+    month_ago = time.time() - 40 * 86400
+    stale = tmp_path / "0123456789ab-float32-b1-0000000000000000.pt2"  # another file's, not loaded for 40 days
+    stale.write_bytes(b"old")
+    for path in (stale, packages[0]):
+        os.utime(path, (month_ago, month_ago))
+    again = Predictor(weights, "cpu", flip_average=False, **compiled)
+    assert not stale.exists() and packages[0].stat().st_mtime > month_ago + 86400  # pruned; loaded, so kept
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    p_again, m_again = again.classify(crops)
+    p_eager, m_eager = Predictor(weights, "cpu", precision="float32", flip_average=False).classify(crops)
+    assert np.abs(p_again - p_eager).max() < 1e-4 and np.abs(m_again - m_eager).max() < 1e-4
+    # Mirrored faces double the batch: other packages, built (here refused: no child may start).
+    with pytest.warns(UserWarning, match="compiled again although cached"):
+        mirrored = Predictor(weights, "cpu", flip_average=True, **compiled)
+    assert mirrored.compiled is None
+    key = aot.package_path(tmp_path, first.sha256, "float32", 2)
+    assert key == [p for p in packages if "-b2-" in p.name][0]
+    assert aot.package_path(tmp_path, first.sha256, "bfloat16", 2) != key
+    assert aot.package_path(tmp_path, "0" * 64, "float32", 2) != key
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NO AVX")  # another machine's kernels
+    assert aot.package_path(tmp_path, first.sha256, "float32", 2) != key
+
+
+def test_the_compiling_child_refuses_weights_that_changed(tmp_path) -> None:
+    from fmpn import aot
+
+    out = tmp_path / "b1.pt2"
+    with pytest.raises(SystemExit, match="changed while the model was being compiled"):
+        aot.main([str(checkpoint_path()), "--sha256", "0" * 64, "--precision", "float32", f"--out=1={out}"])
+    assert not out.exists()
 
 
 def test_library_use_the_released_weights_and_any_image_form(tmp_path) -> None:

@@ -8,9 +8,10 @@ before it, stores the convolution and linear weights in bf16 when the forward ru
 switches to channels-last: the released pair then takes 16 instead of 30 ms a face at batch 1 on 2 CPU cores
 (``bench/bench_model.py --rewrites both``, README "Benchmarks").
 
-:func:`compile_frozen` goes further where a C++ compiler is at hand: inductor, with the weights frozen into
+:func:`compile_frozen` goes further where a compiler is at hand: inductor, with the weights frozen into
 constants that oneDNN packs once, halves the time again at small batches (``bench/bench_model.py --compile
-frozen``). It compiles once per input shape, so callers feed it a few fixed batch sizes.
+frozen``). It compiles once per input shape, so callers feed it a few fixed batch sizes. The service uses it on
+CUDA; on a CPU the same compilation runs ahead of time in a child process instead (``fmpn/aot.py``).
 
 Only patterns whose data flow is known are folded: neighbours in an ``nn.Sequential`` and the named
 ``convN``/``bnN`` pairs of torchvision's ResNet and Inception blocks. Training never sees these rewrites:
