@@ -1,9 +1,9 @@
-"""Start-up benchmark (not a test): the compiled model's warm-up with an empty and with a filled kernel cache.
+"""Start-up benchmark (not a test): the compiled model's start with an empty and with a filled cache folder.
 
 Each run is a fresh process, as a restarted service is: it loads the weights into the service's predictor with
-``compile=True`` and warms it up (the four compiled batch shapes), with inductor's cache in one directory
-(``TORCHINDUCTOR_CACHE_DIR``, as the CPU image sets it). The first run finds the directory empty; the later ones
-find the kernels the first compiled.
+``compile=True`` (on a CPU: the four batch shapes compiled ahead of time by child processes, ``fmpn/aot.py``, or
+loaded when already in the folder) and warms it up, with the cache in one directory (``TORCHINDUCTOR_CACHE_DIR``, as
+the CPU image sets it). The first run finds the directory empty; the later ones find what the first compiled.
 
     python bench/bench_warmup.py --runs 3 --threads 2
     TMPDIR=/mnt/noexec python bench/bench_warmup.py --runs 1 --cache /var/tmp/kernels   # /tmp need not be exec
