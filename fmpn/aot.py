@@ -93,12 +93,15 @@ def build_packages(weights: Path, weights_sha256: str, precision: str, batches: 
         return paths
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     n = max(1, min(BUILD_PROCESSES, os.cpu_count() or 1, len(missing)))
+    package_root = str(Path(__file__).resolve().parents[1])  # `-m fmpn.aot` from any working folder
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
     children = []
     for share in (missing[i::n] for i in range(n)):
         command = [sys.executable, "-m", "fmpn.aot", str(weights), "--sha256", weights_sha256]
         command += ["--precision", precision, *(f"--out={b}={paths[b]}" for b in share)]
         log = tempfile.TemporaryFile("w+", dir=cache_dir)  # not a pipe: a child that writes much never waits
-        children.append((subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True), log))
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, text=True, env=env)
+        children.append((child, log))
     errors = []
     deadline = time.monotonic() + BUILD_TIMEOUT_S
     for child, log in children:
