@@ -168,10 +168,13 @@ class VideoResponse(BaseModel):
     video: VideoMeta
     model: ModelRef
     sampled_fps: float | None = Field(description="frames analysed a second of video; null: every frame")
-    start_s: float = Field(0.0, description="the analysed stretch of the video from this time on, seconds (`start`)")
-    end_s: float | None = Field(None, description="... up to this time, excluded (`end`); null: the video's end")
+    start_s: float = Field(description="the analysed stretch of the video from this time on, seconds (`start`)")
+    end_s: float | None = Field(description="... up to this time, excluded (`end`); null: the video's end")
     frames_analysed: int
-    frames_truncated: bool = Field(description="true when max_frames stopped the analysis before the video ended")
+    frames_truncated: bool = Field(
+        description="true when max_frames or the decoding limit stopped the analysis before the video (or the "
+        "window) ended"
+    )
     frames: list[VideoFrameResult]
     tracks: list[TrackResult] = Field(description="one per face followed through the frames, longest first")
     warnings: list[str] = Field(default_factory=list)

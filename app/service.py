@@ -506,6 +506,14 @@ class Service:
                         raise self._undecodable(exc) from None
                     timings["decode"] += time.perf_counter() - t1
                     if first:  # the first frames decoded: the video is good (limits checked, frames readable)
+                        if not chunk and analysis.report.decode_limit is not None:  # a start far into the video
+                            self.metrics.rejected.labels("decode_limit").inc()
+                            raise ApiError(
+                                413,
+                                "decode_limit",
+                                f"start {analysis.window.start_s:g} s lies past the {analysis.report.decode_limit} "
+                                "frames the service decodes per request; analyse long videos with fmpn video --start",
+                            )
                         if not chunk:
                             self.metrics.rejected.labels("invalid_video").inc()
                             where = "" if analysis.window.whole else " between start and end"

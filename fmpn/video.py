@@ -71,11 +71,21 @@ class Window:
         return self.start_s == 0 and self.end_s is None
 
     def check(self, info: VideoInfo) -> None:
-        """A start at or past the video's end (as far as the container says) is refused: it would analyse nothing."""
-        if info.duration_s > 0 and self.start_s >= info.duration_s:
+        """A window that holds no frame (as far as the container says) is refused: it would analyse nothing."""
+        if info.frames <= 0 or info.fps <= 0:
+            return
+        first, stop = self.frame_range(info)
+        if first >= info.frames:
             raise VideoDecodeError(
                 "start_past_end",
-                f"start {self.start_s:g} s is at or past the end of the video ({info.duration_s:.3f} s long)",
+                f"start {self.start_s:g} s is at or past the end of the video ({info.duration_s:.3f} s long, its last "
+                f"frame at {(info.frames - 1) / info.fps:.3f} s)",
+            )
+        if first >= stop:
+            raise VideoDecodeError(
+                "empty_window",
+                f"no frame between start {self.start_s:g} s and end {self.end_s:g} s (the video has a frame every "
+                f"{1 / info.fps:.3f} s)",
             )
 
     def frame_range(self, info: VideoInfo) -> tuple[int, int]:
@@ -210,8 +220,14 @@ def sample_frames(
         # frame numbers are not times. Every frame when no rate is asked or the video's is no higher.
         every = every_frame(info, fps)
         picked = index = grabbed = 0
-        if window.start_s > 0 and capture.set(cv2.CAP_PROP_POS_MSEC, window.start_s * 1000.0):
+        # A window's start is sought, unless a decoding budget is set (the service): seeking decodes from the keyframe
+        # before the start, uncounted, and one keyframe can precede millions of tiny frames; there the frames before
+        # the start are read one by one, within the budget.
+        sought = window.start_s > 0 and max_decoded is None
+        sought = sought and capture.set(cv2.CAP_PROP_POS_MSEC, window.start_s * 1000.0)
+        if sought:
             index = max(0, int(capture.get(cv2.CAP_PROP_POS_FRAMES)))  # frames keep their number in the video
+        slack = 1.5 / info.fps if info.fps > 0 else 0.1  # how far past the start the first frame after it may be
         stop = window.frame_range(info)[1] if info.frames > 0 and info.fps > 0 else 0  # 0: not known
         bad = 0  # frames in a row that could not be decoded, not yet followed by one that could
         next_time = window.start_s
@@ -228,6 +244,15 @@ def sample_frames(
                     time_s = msec / 1000.0
                 else:
                     time_s = index / info.fps if info.fps > 0 else 0.0
+            if sought:  # the first frame after seeking: OpenCV seeks by the container's frame rate, and in a video
+                # of variable rate it can land past the start (frames lost) or past the end: read from the first frame
+                sought = False
+                if not ok or time_s > window.start_s + slack:
+                    capture.release()
+                    capture, _ = _capture(path)
+                    index = 0
+                    continue
+            if ok:
                 if window.end_s is not None and time_s + 1e-6 >= window.end_s:
                     report.skipped += bad
                     break

@@ -339,7 +339,7 @@ def test_compiling_without_a_cpp_compiler_falls_back_to_the_uncompiled_model(gro
     probs, _ = forced.classify(crops)
     expected, _ = Predictor(checkpoint_path(), "cpu").classify(crops)
     np.testing.assert_allclose(probs, expected, atol=1e-6)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch, tmp_path) -> None:
@@ -353,7 +353,7 @@ def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch,
     compiled = {"precision": "float32", "compile": True, "compile_cache": tmp_path}
     first = Predictor(weights, "cpu", flip_average=False, **compiled)
     assert isinstance(first.compiled, aot.CompiledModel) and first.compiled.batches == [1, 2, 4, 8]
-    packages = sorted(tmp_path.glob("*.pt2"))
+    packages = sorted(tmp_path.iterdir())  # one unpacked package a batch shape, nothing else
     assert len(packages) == 4 and all(p.name.startswith(first.sha256[:12] + "-float32-b") for p in packages)
 
     def no_child(*args, **kwargs):
@@ -361,17 +361,27 @@ def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch,
 
     monkeypatch.setattr(subprocess, "Popen", no_child)
     month_ago = time.time() - 40 * 86400
-    stale = tmp_path / "0123456789ab-float32-b1-0000000000000000.pt2"  # another file's, not loaded for 40 days
-    stale.write_bytes(b"old")
-    for path in (stale, packages[0]):
+    stale = tmp_path / "0123456789ab-float32-b1-0000000000000000"  # another file's, not loaded for 40 days
+    stale.mkdir()
+    (stale / "data").write_bytes(b"old")
+    leftover = tmp_path / "0123456789ab-float32-b2-0000000000000000.1a2b3c.partial.pt2"  # a build stopped long ago
+    leftover.write_bytes(b"half")
+    for path in (stale, leftover, packages[0]):
         os.utime(path, (month_ago, month_ago))
     again = Predictor(weights, "cpu", flip_average=False, **compiled)
-    assert not stale.exists() and packages[0].stat().st_mtime > month_ago + 86400  # pruned; loaded, so kept
+    assert not stale.exists() and not leftover.exists()  # pruned
+    assert packages[0].stat().st_mtime > month_ago + 86400  # loaded, so kept and marked
     rng = np.random.default_rng(1)
     crops = rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
     p_again, m_again = again.classify(crops)
     p_eager, m_eager = Predictor(weights, "cpu", precision="float32", flip_average=False).classify(crops)
     assert np.abs(p_again - p_eager).max() < 1e-4 and np.abs(m_again - m_eager).max() < 1e-4
+    # A cached package that does not load is deleted and built again (here refused: no child may start).
+    for library in packages[0].rglob("*.so"):  # unlinked, not overwritten: it is mapped by the predictors above
+        library.unlink()
+    with pytest.warns(UserWarning, match="compiled again although cached"):
+        assert Predictor(weights, "cpu", flip_average=False, **compiled).compiled is None
+    assert not packages[0].exists() and packages[1].is_dir()
     # Mirrored faces double the batch: other packages, built (here refused: no child may start).
     with pytest.warns(UserWarning, match="compiled again although cached"):
         mirrored = Predictor(weights, "cpu", flip_average=True, **compiled)
@@ -380,16 +390,26 @@ def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch,
     assert key == [p for p in packages if "-b2-" in p.name][0]
     assert aot.package_path(tmp_path, first.sha256, "bfloat16", 2) != key
     assert aot.package_path(tmp_path, "0" * 64, "float32", 2) != key
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)  # kernels built for another thread count
+    assert aot.package_path(tmp_path, first.sha256, "float32", 2) != key
+    monkeypatch.undo()
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "NO AVX")  # another machine's kernels
     assert aot.package_path(tmp_path, first.sha256, "float32", 2) != key
 
 
-def test_the_compiling_child_refuses_weights_that_changed(tmp_path) -> None:
+def test_the_compiling_child_refuses_weights_that_changed_and_an_ended_parent(tmp_path) -> None:
+    import subprocess
+    import sys
+
     from fmpn import aot
 
-    out = tmp_path / "b1.pt2"
+    out = tmp_path / "b1"
     with pytest.raises(SystemExit, match="changed while the model was being compiled"):
         aot.main([str(checkpoint_path()), "--sha256", "0" * 64, "--precision", "float32", f"--out=1={out}"])
+    # A child whose parent has already ended compiles nothing (it would outlive a stopped service).
+    command = [sys.executable, "-m", "fmpn.aot", str(checkpoint_path()), "--sha256", "0" * 64]
+    done = subprocess.run([*command, "--precision", "float32", f"--out=1={out}", "--parent", "1"], capture_output=True)
+    assert done.returncode == 1 and b"the service that asked for the compiled model has stopped" in done.stderr
     assert not out.exists()
 
 

@@ -211,15 +211,21 @@ def test_a_window_is_the_videos_frames_from_start_to_end() -> None:
     # A start between two frames (4.1 s: frame 102 is at 4.08 s): the first frame at or after it.
     assert [f.index for f in sample_frames(clip, fps=None, window=Window(4.1))] == [103, 104]
     assert frames_to_sample(info, None, Window(4.1)) == 2
-    report = DecodeReport()  # the decoding limit counts from the start
-    assert [f.index for f in sample_frames(clip, fps=0.1, max_decoded=10, report=report, window=Window(1.0))] == [25]
+    # Under a decoding limit (the service's) the start is not sought: the frames before it are read, and counted.
+    report = DecodeReport()
+    assert list(sample_frames(clip, fps=0.1, max_decoded=10, report=report, window=Window(1.0))) == []
     assert report.decoded == 10 and report.decode_limit == 10
     short = DecodeReport()  # a window that ends before the limit is not cut by it
-    assert len(list(sample_frames(clip, fps=None, max_decoded=10, report=short, window=Window(1.0, 1.3)))) == 8
-    assert short.decode_limit is None
-    with pytest.raises(VideoDecodeError, match=r"start 4.2 s is at or past the end of the video \(4.200 s long\)") as e:
-        next(sample_frames(clip, window=Window(4.2)))
-    assert e.value.code == "start_past_end"
+    budgeted = [f.index for f in sample_frames(clip, fps=None, max_decoded=40, report=short, window=Window(1.0, 1.3))]
+    assert budgeted == list(range(25, 33)) and short.decode_limit is None and short.decoded == 33
+    for start, end, code, message in [
+        (4.2, None, "start_past_end", r"start 4.2 s is at or past the end of the video \(4.200 s long, its last frame"),
+        (4.19, None, "start_past_end", "at 4.160 s"),  # after the last frame, before the container's end
+        (1.01, 1.02, "empty_window", r"no frame between start 1.01 s and end 1.02 s \(the video has a frame every"),
+    ]:
+        with pytest.raises(VideoDecodeError, match=message) as e:
+            next(sample_frames(clip, window=Window(start, end)))
+        assert e.value.code == code
     for start, end, message in [
         (-1.0, None, "start must be 0 to 1000000000 seconds, got -1.0"),
         (float("nan"), None, "start must be 0 to 1000000000 seconds, got nan"),
@@ -230,6 +236,34 @@ def test_a_window_is_the_videos_frames_from_start_to_end() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             Window(start, end)
+
+
+def test_a_seek_that_lands_past_the_start_reads_from_the_first_frame(monkeypatch) -> None:
+    """OpenCV seeks by the container's frame rate: in a video of variable rate it can land past the start, which
+    would lose frames. The first frame after the seek is checked, and the video read from its first frame."""
+    import fmpn.video as video
+
+    real, opened = video._capture, []
+
+    class Overshooting:  # as a variable-rate video does: the seek lands half a second late
+        def __init__(self, capture) -> None:  # noqa: ANN001 - cv2.VideoCapture
+            self.capture = capture
+
+        def set(self, prop: int, value: float) -> bool:
+            return self.capture.set(prop, value + 500 if prop == cv2.CAP_PROP_POS_MSEC else value)
+
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(self.capture, name)
+
+    def capture(path):  # noqa: ANN001, ANN202
+        cap, info = real(path)
+        opened.append(path)
+        return Overshooting(cap), info
+
+    monkeypatch.setattr(video, "_capture", capture)
+    frames = list(sample_frames(_clip(), fps=None, window=Window(1.0, 1.4)))
+    assert [f.index for f in frames] == list(range(25, 35)) and len(opened) == 2  # opened again, read from frame 0
+    assert frames[0].time_s == pytest.approx(1.0)
 
 
 def _rotated_copy(clip, folder):
@@ -487,7 +521,7 @@ def test_fmpn_video_refuses_bad_input_in_one_line(fast_env, tmp_path, capsys) ->
         (["video", str(clip), "--fps", "0"], "--fps must be above 0"),
         (["video", str(clip), "--max-frames", "0"], "--max-frames must be at least 1"),
         (["video", str(clip), "--detect-every", "0"], "--detect-every must be at least 1"),
-        (["video", str(clip), "--start", "4.2"], "start 4.2 s is at or past the end of the video (4.200 s long)"),
+        (["video", str(clip), "--start", "4.2"], "start 4.2 s is at or past the end of the video (4.200 s long"),
         (["video", str(clip), "--start", "0:02", "--end", "1"], "end must be after start (2 s) and at most"),
     ]:
         assert main(argv) == 2, argv
@@ -566,7 +600,7 @@ def test_the_service_analyses_a_window_of_a_video(server) -> None:
         assert body["tracks"] and all(t["first_frame"] >= 50 and t["last_frame"] <= 70 for t in body["tracks"])
         past = client.post("/v1/videos:predict", params={"start": 4.2}, content=clip)
         assert past.status_code == 400 and error_of(past)["code"] == "start_past_end"
-        assert error_of(past)["message"] == "start 4.2 s is at or past the end of the video (4.200 s long)"
+        assert error_of(past)["message"].startswith("start 4.2 s is at or past the end of the video (4.200 s long")
         backwards = client.post("/v1/videos:predict", params={"start": 2, "end": 1.5}, content=clip)
         assert backwards.status_code == 422 and error_of(backwards)["code"] == "invalid_request"
         assert error_of(backwards)["message"] == "end must be after start (2 s) and at most 1000000000, got 1.5"
@@ -650,3 +684,24 @@ def test_videos_can_be_turned_off() -> None:
         server.stop()
     assert r.status_code == 403 and error_of(r)["code"] == "videos_disabled"
     assert "FMPN_VIDEOS=false" in error_of(r)["message"]
+
+
+def test_the_service_reads_up_to_a_window_within_its_decoding_limit() -> None:
+    """The service does not seek (a seek decodes from the keyframe before the start, uncounted): the frames before
+    a window's start count against the frames it decodes per request (60 per analysable frame), and a start past
+    them is a 413 naming the limit and the way out."""
+    clip = _clip().read_bytes()
+    server = live_server(max_video_frames=1, warmup=False, detect_max_side=640)  # 60 frames decoded at most
+    try:
+        with server.client() as client:
+            near = client.post("/v1/videos:predict", params={"start": 2.0}, content=clip)  # frame 50
+            far = client.post("/v1/videos:predict", params={"start": 3.0}, content=clip)  # frame 75
+            assert client.get("/healthz").status_code == 200
+    finally:
+        server.stop()
+    assert near.status_code == 200, near.text
+    assert [f["frame"] for f in near.json()["frames"]] == [50] and near.json()["start_s"] == 2.0
+    assert far.status_code == 413 and error_of(far)["code"] == "decode_limit"
+    assert error_of(far)["message"] == (
+        "start 3 s lies past the 60 frames the service decodes per request; analyse long videos with fmpn video --start"
+    )

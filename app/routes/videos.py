@@ -21,11 +21,12 @@ router = APIRouter(tags=["videos"])
 
 _ERRORS = error_responses(
     {
-        400: "empty body, a video that cannot be decoded (corrupt, truncated, unknown codec), or a start at or past "
-        "its end (start_past_end)",
+        400: "empty body, a video that cannot be decoded (corrupt, truncated, unknown codec), a start at or past "
+        "its end (start_past_end), or a window between two frames (empty_window)",
         401: "missing or wrong API key (when one is configured)",
         403: "video uploads are turned off (FMPN_VIDEOS=false)",
-        413: "body over max_video_bytes, or frames over max_pixels",
+        413: "body over max_video_bytes, frames over max_pixels, or a start past the frames decoded per request "
+        "(decode_limit)",
         415: "unsupported content type or container (MP4/MOV, WebM/MKV, AVI)",
         422: "invalid parameters (an end not after start among them)",
         429: "rate limit exceeded (Retry-After)",
@@ -61,8 +62,8 @@ _VIDEO_BODY = {
         "through the same pipeline as photos. Each face carries a `track` id, the same in every frame the same "
         "face is in; `tracks` gives each face's probabilities averaged over its frames. Nothing is stored: the "
         "video is held in memory while it is analysed. With `Accept: application/x-ndjson` the answer streams as "
-        'JSON lines while the frames are analysed: `{"type": "video", ...}` (the `video`, `model` and '
-        '`sampled_fps` fields), one `{"type": "frame", ...}` per frame, then `{"type": "summary", ...}` (the '
+        'JSON lines while the frames are analysed: `{"type": "video", ...}` (the `video`, `model`, `sampled_fps`, '
+        '`start_s` and `end_s` fields), one `{"type": "frame", ...}` per frame, then `{"type": "summary", ...}` (the '
         'remaining fields), or `{"type": "error", "status": 503, "error": {...}}` as the last line if the analysis '
         "fails midway (`status`: the HTTP status the error would have had before the stream began)."
     ),
