@@ -541,9 +541,9 @@ class Predictor:
                         self.compiled, padded.contiguous(memory_format=torch.channels_last), self.flip_average
                     )
                 return p[:n], (None if mask is None else mask[:n])
-            except Exception as exc:  # a missing or broken C++ toolchain shows only here, as any of several types
+            except Exception as exc:  # CUDA compiles on first use: a broken toolchain shows here, as any of many types
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                warnings.warn(f"compiling the model failed ({first}); it runs uncompiled from now on", stacklevel=2)
+                warnings.warn(f"the compiled model failed ({first}); it runs uncompiled from now on", stacklevel=2)
                 self.compiled = None
         with autocast(self.precision, self.device):
             return class_probabilities(self.model, x, self.flip_average)

@@ -342,6 +342,22 @@ def test_compiling_without_a_cpp_compiler_falls_back_to_the_uncompiled_model(gro
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_compiled_model_that_fails_at_run_time_gives_way_to_the_uncompiled_one(group) -> None:
+    """A failure inside the compiled model (CUDA compiles on first use) warns once; the faces still get answers."""
+    predictor = Predictor(checkpoint_path(), "cpu")
+    crops = np.stack([predictor.align(group[0], f.landmarks)[0] for f in group[1].faces[:2]])
+    expected, _ = predictor.classify(crops)
+
+    def broken(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise RuntimeError("no kernel for this shape\nmore detail")
+
+    predictor.compiled = broken
+    with pytest.warns(UserWarning, match=r"the compiled model failed \(no kernel for this shape\); it runs uncompiled"):
+        probs, _ = predictor.classify(crops)
+    assert predictor.compiled is None and not predictor.info()["compiled"]
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
 def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch, tmp_path) -> None:
     """A second predictor of the same weights loads the packages without compiling; other weights, another
     precision or another flip-averaging build their own (the key holds everything a package depends on)."""
