@@ -272,13 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from fmpn.checkpoint import file_sha256, load_checkpoint
+    from fmpn.checkpoint import load_checkpoint
     from fmpn.models.fuse import prepare_for_inference
 
     weights = Path(args.weights)
-    if file_sha256(weights) != args.sha256:
+    checkpoint = load_checkpoint(weights)  # its sha256 from the bytes the network is built from
+    if checkpoint.sha256 != args.sha256:
         raise SystemExit(f"the weights file {weights} changed while the model was being compiled")
-    checkpoint = load_checkpoint(weights)
     model = prepare_for_inference(checkpoint.build_model(), args.precision, torch.device("cpu"))
     for item in args.out:
         batch, folder = item.split("=", 1)

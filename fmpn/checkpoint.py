@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, save
 
 from fmpn.models.ensemble import Ensemble
 from fmpn.models.fmpn import FMPN, build_fmpn
@@ -83,6 +83,7 @@ class Checkpoint:
     template: list[list[float]] | None = None  # 5-point face template in crop-relative coordinates
     config: dict[str, Any] = field(default_factory=dict)  # training config and results
     members: list[Profile] | None = None  # an ensemble's member profiles (``profile`` is the first's)
+    sha256: str = ""  # of the file's bytes as loaded (what a compiled model is built from and named by)
 
     @property
     def flip_average(self) -> bool:
@@ -259,13 +260,25 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """A safetensors file's metadata from its bytes: an 8-byte little-endian header length, then the JSON header."""
+    if len(data) < 8 or int.from_bytes(data[:8], "little") > len(data) - 8:
+        raise ValueError("the header is cut short")
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
+    """The checkpoint in ``path``, read once: its metadata, tensors and ``sha256`` all come from the same bytes,
+    whatever replaces the file meanwhile."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        meta = read_metadata(path)
-        state = _dequantize(load_file(str(path)), path)
+        data = path.read_bytes()
+        meta = _header_metadata(data)
+        state = _dequantize(load(data), path)
     except CheckpointError:
         raise
     except (SafetensorError, OSError, ValueError, IndexError, RuntimeError) as exc:
@@ -289,6 +302,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             template=json.loads(meta.get("template", "null")),
             config=json.loads(meta.get("config", "{}")),
             members=[Profile.from_dict(m) for m in members] if members else None,
+            sha256=hashlib.sha256(data).hexdigest(),
         )
     except (KeyError, TypeError, ValueError, RecursionError) as exc:  # JSONDecodeError, a profile out of range
         raise CheckpointError(f"checkpoint {path} has broken metadata: {exc}") from None

@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fmpn.align import DEFAULT_TEMPLATE, align_face, invert_affine, similarity_transform
 from fmpn.aot import compile_model
-from fmpn.checkpoint import Checkpoint, file_sha256, load_checkpoint, released_weights
+from fmpn.checkpoint import Checkpoint, load_checkpoint, released_weights
 from fmpn.data.transforms import CENTRE, crop_box, resize_shorter
 from fmpn.detect import Face, FaceDetector, face_from_resized
 from fmpn.images import image_array, pad_edges
@@ -306,7 +306,7 @@ class Predictor:
         self.weights = released_weights() if weights is None else Path(weights)
         self.device = resolve_device(device)
         self.checkpoint: Checkpoint = load_checkpoint(self.weights)  # CheckpointError when missing/corrupt
-        self.sha256 = file_sha256(self.weights)  # of the file as loaded: the compiled model is built from it
+        self.sha256 = self.checkpoint.sha256  # of the bytes loaded: the compiled model is built from the same
         self.profile = self.checkpoint.profile
         self.classes = list(self.checkpoint.classes)
         self.template = DEFAULT_TEMPLATE if self.checkpoint.template is None else self.checkpoint.template

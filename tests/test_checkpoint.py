@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fmpn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from fmpn.checkpoint import CheckpointError, file_sha256, load_checkpoint, save_checkpoint
 from fmpn.models import build_fmpn
 from fmpn.profiles import CPU
 
@@ -24,6 +24,7 @@ def test_round_trip_gives_bit_identical_outputs(tmp_path) -> None:
     path = save_checkpoint(tmp_path / "m.safetensors", model, profile, classes, config={"epochs": 3})
     ckpt = load_checkpoint(path)
     assert ckpt.profile == profile and ckpt.classes == classes and ckpt.config == {"epochs": 3}
+    assert ckpt.sha256 == file_sha256(path)  # of the bytes it was loaded from, read once
     restored = ckpt.build_model()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
