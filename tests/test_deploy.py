@@ -543,8 +543,13 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def test_the_image_command_serves_and_stops_cleanly(stages, checkpoint, tmp_path) -> None:
-    runtime = stages["gpu"][-1]
+@pytest.mark.parametrize("kind", ["gpu", "cpu"])
+def test_the_image_command_serves_and_stops_cleanly(kind, stages, checkpoint, tmp_path) -> None:
+    """Each image's command with its environment: ready, healthy, stopped cleanly, writing nothing outside its
+    volume. The CPU image compiles the model (child processes) into its volume, here a folder of the test's."""
+    from fmpn.inference import cpp_compiler_found
+
+    runtime = stages[kind][-1]
     cmd = _exec_form(runtime.last("CMD"))
     port = _free_port()
     cmd[cmd.index("--host") + 1] = "127.0.0.1"  # loopback only here; the image binds 0.0.0.0
@@ -554,8 +559,10 @@ def test_the_image_command_serves_and_stops_cleanly(stages, checkpoint, tmp_path
     # FMPN_WEIGHTS; no FMPN_* of ours. An empty WORKDIR (no .env) and HOME, checked to be still empty after.
     venv = Path(sys.executable).parent.parent
     env = {k: v for k, v in os.environ.items() if not k.startswith("FMPN_")}
+    volume = tmp_path / "volume"  # the CPU image's VOLUME /var/cache/fmpn
     for key, value in runtime.env.items():
-        env[key] = value.replace("/opt/venv", str(venv)).replace("$PATH", os.environ.get("PATH", ""))
+        value = value.replace("/opt/venv", str(venv)).replace("$PATH", os.environ.get("PATH", ""))
+        env[key] = value.replace("/var/cache/fmpn", str(volume))
     env["FMPN_WEIGHTS"] = str(checkpoint)
     env["FMPN_TORCH_THREADS"] = "1"  # the one addition: a busy 2-core test machine
     workdir, home = tmp_path / "app", tmp_path / "home"
@@ -572,7 +579,7 @@ def test_the_image_command_serves_and_stops_cleanly(stages, checkpoint, tmp_path
     health = [a.replace(f":{PORT}/", f":{port}/") for a in healthcheck_command(runtime)]
     health[0] = shutil.which(health[0], path=env["PATH"]) or health[0]
     try:
-        deadline, status, body = time.monotonic() + 90, 0, {}
+        deadline, status, body = time.monotonic() + 240, 0, {}  # the CPU image compiles its model first
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 status, body = _get(url + "/readyz")
@@ -583,8 +590,11 @@ def test_the_image_command_serves_and_stops_cleanly(stages, checkpoint, tmp_path
                 pass
             time.sleep(0.25)
         assert proc.poll() is None, "the server exited"
-        assert status == 200 and body["ready"] is True, f"not ready after 90 s: {body}"
+        assert status == 200 and body["ready"] is True, f"not ready after 240 s: {body}"
         assert body["model"]["device"] == "cpu"  # FMPN_DEVICE=auto on a machine without CUDA
+        if kind == "cpu" and cpp_compiler_found():  # compiled ahead of time, kept in the volume
+            assert _get(url + "/v1/models")[1]["models"][0]["compiled"] is True
+            assert len(list((volume / "inductor" / "fmpn-compiled").iterdir())) == 4  # one package a batch shape
         assert _get(url + "/healthz") == (200, {"status": "ok"})
         assert subprocess.run(health, env=env, timeout=30).returncode == 0, "HEALTHCHECK fails on a ready server"
     finally:
