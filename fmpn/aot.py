@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -42,6 +43,12 @@ BUILD_TIMEOUT_S = 1800  # children compiling for longer are stopped (about 25 s 
 BUILD_PROCESSES = 2  # children compiling at once, at most: each needs about a core and 1-2 GB while it compiles
 MAX_AGE_DAYS = 30  # packages not loaded for this long are deleted from the cache folder
 _PARTIAL = ".partial"  # suffix of folders and files still being written
+
+# Names of what this module writes in a cache folder: packages, their partial builds, a build's scratch folder.
+_OURS = re.compile(
+    r"[0-9a-f]{12}-(float32|bfloat16)-b\d+-[0-9a-f]{16}(\.[0-9a-f]{12}\.partial(\.pt2)?)?"  # a package, a partial one
+    r"|\.build-.+\.partial"  # a build's scratch folder
+)
 
 # The sources whose code a package compiles: a change to any of them (a rewrite in fuse.py, a layer) makes new keys.
 _SOURCES = ("aot.py", "checkpoint.py", "profiles.py", "precision.py", "models/*.py")
@@ -134,18 +141,27 @@ def build_packages(
     if not missing:
         return paths
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    if hasattr(os, "ST_NOEXEC") and os.statvfs(cache_dir).f_flag & os.ST_NOEXEC:
+        raise RuntimeError(f"{cache_dir} is on a noexec mount, where a compiled model cannot be loaded")
     n = max(1, min(BUILD_PROCESSES, os.cpu_count() or 1, len(missing)))
-    package_root = str(Path(__file__).resolve().parents[1])  # `-m fmpn.aot` from any working folder
+    package_root = str(Path(__file__).resolve().parents[1])  # this code, not a copy in the working folder (-P)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    # Inductor's own files of a build (a copy of each library, precompiled headers: hundreds of MB) in a folder of
+    # the build's, deleted after it: the cache keeps the packages alone, which prune() looks after.
+    scratch = Path(tempfile.mkdtemp(prefix=f".build-{secrets.token_hex(4)}-", suffix=_PARTIAL, dir=cache_dir))
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(scratch)
     children: list[tuple[subprocess.Popen, object]] = []
     errors: list[str] = []
     try:
         for share in (missing[i::n] for i in range(n)):
-            command = [sys.executable, "-m", "fmpn.aot", str(weights), "--sha256", weights_sha256]
+            command = [sys.executable, "-P", "-m", "fmpn.aot", str(Path(weights).resolve()), "--sha256", weights_sha256]
             command += ["--precision", precision, "--threads", str(torch.get_num_threads())]
             command += ["--parent", str(os.getpid()), *(f"--out={b}={paths[b]}" for b in share)]
-            log = tempfile.TemporaryFile("w+", dir=cache_dir)  # not a pipe: a child that writes much never waits
-            children.append((subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=env), log))
+            log = tempfile.TemporaryFile("w+b", dir=cache_dir)  # not a pipe: a child that writes much never waits
+            child = subprocess.Popen(  # a session of its own: a timeout stops its compilers too
+                command, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True
+            )
+            children.append((child, log))
         deadline = time.monotonic() + BUILD_TIMEOUT_S
         for child, log in children:
             try:
@@ -153,16 +169,20 @@ def build_packages(
             except subprocess.TimeoutExpired:
                 errors.append(f"compiling took over {BUILD_TIMEOUT_S} s and was stopped")
                 continue
-            log.seek(0)
-            lines = [line for line in log.read().strip().splitlines() if line.strip()]
             if child.returncode != 0:
+                log.seek(0)
+                lines = [line for line in log.read().decode(errors="replace").splitlines() if line.strip()]
                 errors.append(lines[-1] if lines else f"the compiling process exited with {child.returncode}")
     finally:
         for child, log in children:  # stopped: a timeout, or this thread interrupted
             if child.poll() is None:
-                child.kill()
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except OSError:
+                    child.kill()
                 child.wait()
             log.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     if errors or not all(paths[b].is_dir() for b in missing):
         raise RuntimeError(errors[0] if errors else "the compiling process wrote no package")
     return paths
@@ -176,14 +196,12 @@ def prune(cache_dir: Path, keep: Iterable[Path], max_age_days: float = MAX_AGE_D
     deleted = 0
     for path in Path(cache_dir).iterdir():
         try:
-            if path.resolve() in kept or path.stat().st_mtime >= cutoff:
-                continue
-            if path.is_dir():
+            if not _OURS.fullmatch(path.name) or path.resolve() in kept or path.stat().st_mtime >= cutoff:
+                continue  # only packages and build leftovers by their names: the folder may be a caller's own
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            elif path.name.endswith((_PARTIAL, _PARTIAL + ".pt2")):
-                path.unlink()
             else:
-                continue
+                path.unlink()
             deleted += 1
         except OSError:  # another process pruned or replaced it first
             continue

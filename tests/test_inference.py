@@ -369,7 +369,7 @@ def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch,
     compiled = {"precision": "float32", "compile": True, "compile_cache": tmp_path}
     first = Predictor(weights, "cpu", flip_average=False, **compiled)
     assert isinstance(first.compiled, aot.CompiledModel) and first.compiled.batches == [1, 2, 4, 8]
-    packages = sorted(tmp_path.iterdir())  # one unpacked package a batch shape, nothing else
+    packages = sorted(tmp_path.iterdir())  # one unpacked package a batch shape; the build's scratch folder gone
     assert len(packages) == 4 and all(p.name.startswith(first.sha256[:12] + "-float32-b") for p in packages)
 
     def no_child(*args, **kwargs):
@@ -380,12 +380,14 @@ def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch,
     stale = tmp_path / "0123456789ab-float32-b1-0000000000000000"  # another file's, not loaded for 40 days
     stale.mkdir()
     (stale / "data").write_bytes(b"old")
-    leftover = tmp_path / "0123456789ab-float32-b2-0000000000000000.1a2b3c.partial.pt2"  # a build stopped long ago
+    leftover = tmp_path / "0123456789ab-float32-b2-0000000000000000.1a2b3c4d5e6f.partial.pt2"  # a stopped build
     leftover.write_bytes(b"half")
-    for path in (stale, leftover, packages[0]):
+    foreign = tmp_path / "my-photos"  # not ours, however old: the folder may be a caller's own
+    foreign.mkdir()
+    for path in (stale, leftover, foreign, packages[0]):
         os.utime(path, (month_ago, month_ago))
     again = Predictor(weights, "cpu", flip_average=False, **compiled)
-    assert not stale.exists() and not leftover.exists()  # pruned
+    assert not stale.exists() and not leftover.exists() and foreign.is_dir()  # pruned, by name only
     assert packages[0].stat().st_mtime > month_ago + 86400  # loaded, so kept and marked
     rng = np.random.default_rng(1)
     crops = rng.integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
@@ -398,6 +400,7 @@ def test_the_compiled_model_is_built_once_and_loaded_from_the_cache(monkeypatch,
     with pytest.warns(UserWarning, match="compiled again although cached"):
         assert Predictor(weights, "cpu", flip_average=False, **compiled).compiled is None
     assert not packages[0].exists() and packages[1].is_dir()
+    foreign.rmdir()
     # Mirrored faces double the batch: other packages, built (here refused: no child may start).
     with pytest.warns(UserWarning, match="compiled again although cached"):
         mirrored = Predictor(weights, "cpu", flip_average=True, **compiled)
