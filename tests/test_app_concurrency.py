@@ -124,7 +124,9 @@ def test_full_queue_answers_503_with_retry_after() -> None:
     try:
         responses, _ = asyncio.run(_post_all(srv.url, ["group"] * 10))
         codes = [r.status_code for r in responses]
-        assert set(codes) <= {200, 503} and codes.count(200) >= 2 and codes.count(503) >= 1, codes
+        # At least the request being answered succeeds; whether one more was queued before the other nine arrived
+        # depends on the scheduler (a CI run on a busy 2-core machine saw one 200 and nine 503s).
+        assert set(codes) <= {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 1, codes
         for r in responses:
             if r.status_code == 503:
                 err = error_of(r)
