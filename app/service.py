@@ -516,11 +516,11 @@ class Service:
                             )
                         if not chunk:
                             self.metrics.rejected.labels("invalid_video").inc()
-                            where = "" if analysis.window.whole else " between start and end"
                             raise ApiError(
                                 400,
                                 "invalid_video",
-                                f"the video has no frame{where} that could be decoded (corrupt or empty)",
+                                f"the video has no frame{analysis.window.where} that could be decoded (corrupt or "
+                                "empty)",
                             )
                         yield analysis
                         first = False

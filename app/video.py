@@ -85,8 +85,7 @@ class VideoAnalysis:
             )
         warnings.extend(self.report.warnings(self.info))
         if analysed == 0:
-            where = "" if self.window.whole else " between start and end"
-            warnings.append(f"the video has no frame{where} that could be decoded")
+            warnings.append(f"the video has no frame{self.window.where} that could be decoded")
         timings = {k: round(v * 1000, 2) for k, v in self.timings.items()}
         timings["total"] = round((time.perf_counter() - self.started) * 1000, 2)
         return {

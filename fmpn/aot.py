@@ -80,12 +80,20 @@ def _cpu_digest() -> str:
     return hashlib.sha256(f"{flags} {torch.backends.cpu.get_cpu_capability()}".encode()).hexdigest()
 
 
-def package_path(cache_dir: Path, weights_sha256: str, precision: str, batch: int) -> Path:
-    """The folder of the package of these weights, precision and batch. Its key also holds the code that builds the
-    network, torch's version, the CPU's instruction set and torch's thread count: a package is built for each (a
-    cache folder moved to another machine or kept across an upgrade builds anew rather than load stale code)."""
-    parts = [FORMAT, _code_digest(), torch.__version__, weights_sha256, precision, batch]
-    parts += [platform.machine(), _cpu_digest(), torch.get_num_threads()]
+def _build_identity() -> list:
+    """What every package of this process is built for besides its weights, precision and batch: the code that
+    builds the network, torch's version, the CPU's instruction set and torch's thread count (read from disk and
+    /proc: computed once per build, not once per package)."""
+    return [FORMAT, _code_digest(), torch.__version__, platform.machine(), _cpu_digest(), torch.get_num_threads()]
+
+
+def package_path(
+    cache_dir: Path, weights_sha256: str, precision: str, batch: int, identity: list | None = None
+) -> Path:
+    """The folder of the package of these weights, precision and batch, keyed also by :func:`_build_identity`
+    (``identity``, or computed): a package is built for each (a cache folder moved to another machine or kept across
+    an upgrade builds anew rather than load stale code)."""
+    parts = [*(identity if identity is not None else _build_identity()), weights_sha256, precision, batch]
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{weights_sha256[:12]}-{precision}-b{batch}-{key}"
 
@@ -136,7 +144,8 @@ def build_packages(
     """The package folders of ``batches`` for these weights, compiled where not in ``cache_dir`` yet by up to
     ``BUILD_PROCESSES`` child processes at once (each compiles on one core; this thread waits without the
     interpreter lock). A failed build raises RuntimeError with a child's last error line."""
-    paths = {b: package_path(cache_dir, weights_sha256, precision, b) for b in batches}
+    identity = _build_identity()
+    paths = {b: package_path(cache_dir, weights_sha256, precision, b, identity) for b in batches}
     missing = [b for b, p in paths.items() if not p.is_dir()]
     if not missing:
         return paths

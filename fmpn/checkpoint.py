@@ -262,9 +262,10 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 def _header_metadata(data: bytes) -> dict[str, str]:
     """A safetensors file's metadata from its bytes: an 8-byte little-endian header length, then the JSON header."""
-    if len(data) < 8 or int.from_bytes(data[:8], "little") > len(data) - 8:
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or size > len(data) - 8:
         raise ValueError("the header is cut short")
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    header = json.loads(data[8 : 8 + size])
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return meta if isinstance(meta, dict) else {}
 

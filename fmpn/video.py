@@ -70,6 +70,11 @@ class Window:
     def whole(self) -> bool:
         return self.start_s == 0 and self.end_s is None
 
+    @property
+    def where(self) -> str:
+        """For messages about the frames found: "" for the whole video, " between start and end" for a window."""
+        return "" if self.whole else " between start and end"
+
     def check(self, info: VideoInfo) -> None:
         """A window that holds no frame (as far as the container says) is refused: it would analyse nothing."""
         if info.frames <= 0 or info.fps <= 0:
