@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
@@ -55,6 +56,22 @@ class VideoAnalysis:
         if self.keep_frames:
             self.frames.append(result)
         return result
+
+    def replay(self, result: VideoFrameResult) -> None:
+        """A frame an earlier run analysed (``fmpn video --resume``): counted, and its faces' tracks taken as they
+        were, so that the frames analysed next go on with the same tracks."""
+        classes = self.model["classes"]
+        faces = result.faces
+        self.tracker.replay(
+            result.frame,
+            result.time_s,
+            [(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in faces],
+            [np.array([f.probabilities[c] for c in classes]) for f in faces],
+            [f.track for f in faces],
+        )
+        self.analysed += 1
+        if self.keep_frames:
+            self.frames.append(result)
 
     def head(self) -> dict[str, Any]:
         info = self.info

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from cli.serve import _settings
 from cli.table import FaceTable
@@ -63,6 +66,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "one JSON document at the end",
     )
     video.add_argument("--indent", type=int, default=2, help="JSON indent (0: one line; not with --jsonl)")
+    video.add_argument(
+        "--out",
+        metavar="OUT.json[l]",
+        help="write the JSON (with --jsonl: the JSON lines, each as its frame is done) to this file instead of stdout",
+    )
+    video.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --jsonl --out: go on with the file an earlier run of the same command left when it was stopped, "
+        "after the last frame it holds (the faces keep their tracks); a finished file is left as it is",
+    )
     video.set_defaults(func=run_video)
 
 
@@ -86,9 +100,11 @@ def video_time(text: str) -> float:
 
 
 def run_video(args: argparse.Namespace) -> int:
+    from pydantic_core import to_jsonable_python
     from tqdm import tqdm
 
     from app.render import render_overlay
+    from app.schemas import VideoFrameResult
     from app.service import build_predictor
     from app.video import VideoAnalysis, json_line
     from fmpn.video import Window, frames_to_sample, predict_frames, probe_video, sample_frames
@@ -103,26 +119,66 @@ def run_video(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     detect_every = settings.video_detect_every if args.detect_every is None else args.detect_every
     window = Window(args.start, args.end)
+    if args.resume and not (args.jsonl and args.out):
+        raise ValueError("--resume goes on with the JSON lines of --jsonl --out FILE: name them")
+    if args.resume and args.overlay:
+        raise ValueError("--overlay cannot be resumed (an MP4 cut off by a stop is unreadable); leave it out")
     path = Path(args.video)
     info = probe_video(path)  # a clear error before the model loads
     window.check(info)
+    earlier = EarlierRun.read(Path(args.out)) if args.resume else EarlierRun()
     predictor = build_predictor(settings)
     analysis = VideoAnalysis(
         info, predictor.info(), fps, args.max_frames, args.mask, keep_frames=not args.jsonl, window=window
     )
-    out = sys.stdout.buffer
-    if args.jsonl:
-        out.write(json_line("video", analysis.head()))
+    # What the answer depends on beyond the head's fields: a resumed run must have been asked the same.
+    options = {
+        "max_frames": args.max_frames,
+        "max_faces": settings.max_faces if args.max_faces is None else args.max_faces,
+        "detect_every": detect_every,
+        "mask": args.mask,
+    }
+    head = {**to_jsonable_python(analysis.head()), "options": options}
+    if earlier.head is not None:
+        earlier.check(head, Path(args.out))
+        if earlier.summary is not None:
+            print(f"fmpn video: {args.out} is finished already ({len(earlier.frames)} frames)", file=sys.stderr)
+            return 0
+    try:
+        done = [VideoFrameResult.model_validate(line) for line in earlier.frames]
+        for result in done:
+            analysis.replay(result)
+    except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
+        raise ValueError(f"{args.out}: not the frames of this run ({exc})".replace("\n", " ")) from None
+    out = _output(args.out, earlier.size if earlier.head is not None else None)
+    if args.jsonl and earlier.head is None:
+        out.write(json_line("video", head))
     writer = None
     overlay_fps = analysis.head()["sampled_fps"] or info.fps or 25.0  # the analysed frames' rate
     timings = analysis.timings
     t0 = time.perf_counter()
-    frames = sample_frames(path, fps, args.max_frames, settings.max_pixels, report=analysis.report, window=window)
+    left = None if args.max_frames is None else args.max_frames - len(earlier.frames)
+    after = earlier.frames[-1]["time_s"] if earlier.frames else None
+    frames = (
+        iter(())
+        if left == 0
+        else sample_frames(path, fps, left, settings.max_pixels, report=analysis.report, window=window, after_s=after)
+    )
     expected = frames_to_sample(info, fps, window)
     total = min(filter(None, (expected, args.max_frames)), default=None)
     table = FrameTable(args.csv, predictor.classes) if args.csv else None
+    for result in done if table is not None else ():  # a resumed run's table is written anew, from the file
+        table.add(result)
     # A progress bar on a terminal only (tqdm's disable=None), on stderr: stdout carries the JSON.
-    progress = tqdm(total=total, unit="frame", desc=path.name, disable=None, file=sys.stderr, leave=False)
+    progress = tqdm(
+        total=total,
+        initial=len(earlier.frames),
+        unit="frame",
+        desc=path.name,
+        disable=None,
+        file=sys.stderr,
+        leave=False,
+    )
     try:
         for frame, prediction in predict_frames(predictor, frames, args.batch, args.max_faces, timings, detect_every):
             result = analysis.add(frame, prediction)
@@ -158,17 +214,86 @@ def run_video(args: argparse.Namespace) -> int:
         tracks = len(summary["tracks"])
     else:
         response = analysis.response()
-        print(response.model_dump_json(indent=args.indent or None))
+        out.write((response.model_dump_json(indent=args.indent or None) + "\n").encode())
         tracks = len(response.tracks)
-    n = analysis.analysed
+    out.flush()
+    if out is not sys.stdout.buffer:
+        out.close()
+    n = analysis.analysed - len(earlier.frames)
     print(
         f"fmpn video: {path}: {n} frames analysed in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} frames/s), "
         f"{faces} faces, {tracks} tracks"
+        + (f", after the {len(earlier.frames)} frames in {args.out}" if earlier.frames else "")
         + (f", overlay {args.overlay}" if args.overlay and writer is not None else "")
         + (f", table {args.csv}" if args.csv else ""),
         file=sys.stderr,
     )
     return 0
+
+
+def _output(path: str | None, keep: int | None) -> BinaryIO:
+    """Where the answer goes: stdout, or the --out file (``keep``: go on after its first that many bytes)."""
+    if path is None:
+        return sys.stdout.buffer
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if keep is None:
+        return target.open("wb")
+    out = target.open("r+b")
+    out.truncate(keep)  # a line cut short by the stop goes
+    out.seek(keep)
+    return out
+
+
+@dataclass
+class EarlierRun:
+    """What an earlier ``--jsonl --out`` run left in its file: its head line, its frames' lines, its summary (None:
+    it was stopped before the end), and the bytes those whole lines take (a last line cut short by the stop is not
+    counted: its frame is analysed again)."""
+
+    head: dict[str, Any] | None = None
+    frames: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    size: int = 0
+
+    @classmethod
+    def read(cls, path: Path) -> EarlierRun:
+        run = cls()
+        if not path.is_file():
+            return run  # nothing yet: the run starts
+        with path.open("rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    item = None
+                kind = item.get("type") if isinstance(item, dict) else None
+                if kind != ("video" if n == 1 else "frame") and not (kind == "summary" and n > 1):
+                    raise ValueError(
+                        f"{path}: line {n} is not what fmpn video --jsonl writes there: not a file to go on with"
+                    )
+                if run.summary is not None:
+                    raise ValueError(f"{path}: line {n} follows the summary: not a file to go on with")
+                fields = {k: v for k, v in item.items() if k != "type"}
+                if kind == "video":
+                    run.head = fields
+                elif kind == "frame":
+                    run.frames.append(fields)
+                else:
+                    run.summary = fields
+                run.size += len(line)
+        return run
+
+    def check(self, head: dict[str, Any], path: Path) -> None:
+        """The earlier run must have analysed the same video the same way: its head, options included, is this one's."""
+        for key, value in head.items():
+            if self.head.get(key) != value:
+                raise ValueError(
+                    f"{path} holds another run ({key}: {json.dumps(self.head.get(key))} there, {json.dumps(value)} "
+                    "here); give the same video, weights and options, or another --out"
+                )
 
 
 def _writer(path: str, shape: tuple[int, ...], fps: float):  # noqa: ANN202 - cv2.VideoWriter

@@ -197,11 +197,16 @@ def sample_frames(
     max_decoded: int | None = None,
     report: DecodeReport | None = None,
     window: Window | None = None,
+    after_s: float | None = None,
 ) -> Iterator[Frame]:
     """The video's frames at ``fps`` a second: the first at or after each point of a 1/fps grid of times from the
     ``window``'s start (None, or at least the video's own rate: every frame), at most ``max_frames`` of them.
     Frames in between are grabbed, not converted. A video whose frames are larger than ``max_pixels`` is refused
     before any is decoded. A window's start is sought (FFmpeg decodes from the keyframe before it), not decoded to.
+
+    ``after_s``: go on after the frame an earlier run sampled last, at this time as its answer gave it (rounded to
+    0.1 ms, ``time_s``): that frame is sought, and the frames after it are those the earlier run would have gone on
+    to (``fmpn video --resume``).
 
     A frame that cannot be decoded is skipped (up to MAX_BAD_FRAMES in a row); ``max_decoded`` bounds the frames
     decoded in all (a very low ``fps`` would decode a whole long video for a few frames); ``report`` says what
@@ -228,8 +233,9 @@ def sample_frames(
         # A window's start is sought, unless a decoding budget is set (the service): seeking decodes from the keyframe
         # before the start, uncounted, and one keyframe can precede millions of tiny frames; there the frames before
         # the start are read one by one, within the budget.
-        sought = window.start_s > 0 and max_decoded is None
-        sought = sought and capture.set(cv2.CAP_PROP_POS_MSEC, window.start_s * 1000.0)
+        target = window.start_s if after_s is None else max(window.start_s, after_s - _RESUME_SLACK_S)
+        sought = target > 0 and max_decoded is None
+        sought = sought and capture.set(cv2.CAP_PROP_POS_MSEC, target * 1000.0)
         if sought:
             index = max(0, int(capture.get(cv2.CAP_PROP_POS_FRAMES)))  # frames keep their number in the video
         slack = 1.5 / info.fps if info.fps > 0 else 0.1  # how far past the start the first frame after it may be
@@ -252,12 +258,15 @@ def sample_frames(
             if sought:  # the first frame after seeking: OpenCV seeks by the container's frame rate, and in a video
                 # of variable rate it can land past the start (frames lost) or past the end: read from the first frame
                 sought = False
-                if not ok or time_s > window.start_s + slack:
+                if not ok or time_s > target + slack:
                     capture.release()
                     capture, _ = _capture(path)
                     index = 0
                     continue
-            if ok:
+            passed = ok and after_s is not None and round(time_s, 4) <= after_s  # sampled by the earlier run
+            if passed and not every:  # the grid goes on from the frame the earlier run sampled last
+                next_time = _next_grid_time(window.start_s, time_s, fps)
+            if ok and not passed:
                 if window.end_s is not None and time_s + 1e-6 >= window.end_s:
                     report.skipped += bad
                     break
@@ -281,9 +290,18 @@ def sample_frames(
                 yield Frame(index=index - 1, time_s=time_s, rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
                 picked += 1
                 if not every:  # the next grid point after this frame (a long frame may pass several)
-                    next_time = window.start_s + (math.floor((time_s - window.start_s) * fps + 1e-6) + 1) / fps
+                    next_time = _next_grid_time(window.start_s, time_s, fps)
     finally:
         capture.release()
+
+
+# How far before a resumed run's last frame it is sought: more than the rounding of the time it was reported at.
+_RESUME_SLACK_S = 1e-3
+
+
+def _next_grid_time(start_s: float, time_s: float, fps: float) -> float:
+    """The first point of the 1/fps grid from ``start_s`` after a frame sampled at ``time_s``."""
+    return start_s + (math.floor((time_s - start_s) * fps + 1e-6) + 1) / fps
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,6 +365,34 @@ class FaceTracker:
         self, frame: int, time_s: float, boxes: Sequence[Sequence[float]], probabilities: Sequence[np.ndarray]
     ) -> list[int]:
         """The track id of each face (``boxes``, ``probabilities`` in the same order) of the next sampled frame."""
+        return self._record(frame, time_s, boxes, probabilities, self._match(boxes))
+
+    def replay(
+        self,
+        frame: int,
+        time_s: float,
+        boxes: Sequence[Sequence[float]],
+        probabilities: Sequence[np.ndarray],
+        ids: Sequence[int],
+    ) -> None:
+        """A sampled frame whose faces an earlier run already gave track ids (``fmpn video --resume``): its tracks
+        are taken as they were, so that the frames after go on as they would have. Ids that could not have come
+        from this tracker (a track that had ended, or a new id out of turn) are refused."""
+        live = {track.id for track in self._live}
+        given: list[int | None] = []
+        new = len(self.tracks)
+        for i in ids:
+            if i in live and i not in given:
+                given.append(i)
+            elif i == new:
+                given.append(None)
+                new += 1
+            else:
+                raise ValueError(f"frame {frame}: track {i} does not go on from the frames before it")
+        self._record(frame, time_s, boxes, probabilities, given)
+
+    def _match(self, boxes: Sequence[Sequence[float]]) -> list[int | None]:
+        """Each face's live track (its id), closest pairs first; None: a new face."""
         pairs: list[tuple[float, int, int]] = []
         for t, track in enumerate(self._live):
             _, _, ts = _centre_and_size(track.box)
@@ -362,8 +408,23 @@ class FaceTracker:
             if t in taken or ids[f] is not None:
                 continue
             taken.add(t)
-            track = self._live[t]
-            ids[f] = track.id
+            ids[f] = self._live[t].id
+        return ids
+
+    def _record(
+        self,
+        frame: int,
+        time_s: float,
+        boxes: Sequence[Sequence[float]],
+        probabilities: Sequence[np.ndarray],
+        ids: list[int | None],
+    ) -> list[int]:
+        """Move each matched track on to its face, age the unmatched ones, and start a track for each new face."""
+        live = {track.id: track for track in self._live}
+        for f, i in enumerate(ids):
+            if i is None:
+                continue
+            track = live[i]
             (x0, y0, _), (x1, y1, _) = _centre_and_size(track.box), _centre_and_size(boxes[f])
             track.velocity = ((x1 - x0) / (track.missed + 1), (y1 - y0) / (track.missed + 1))
             track.box = tuple(float(v) for v in boxes[f])
@@ -371,12 +432,15 @@ class FaceTracker:
             track.frames += 1
             track.probability_sum = track.probability_sum + np.asarray(probabilities[f], dtype=np.float64)
             track.missed = 0
-        for t, track in enumerate(self._live):
-            if t not in taken:
+        matched = set(ids)
+        for track in self._live:
+            if track.id not in matched:
                 track.missed += 1
         self._live = [track for track in self._live if track.missed <= self.max_gap]
+        result = []
         for f, box in enumerate(boxes):
-            if ids[f] is None:
+            i = ids[f]
+            if i is None:
                 track = Track(
                     id=len(self.tracks),
                     first_frame=frame,
@@ -388,8 +452,9 @@ class FaceTracker:
                 )
                 self.tracks.append(track)
                 self._live.append(track)
-                ids[f] = track.id
-        return [i for i in ids if i is not None]
+                i = track.id
+            result.append(i)
+        return result
 
 
 class FaceFollower:

@@ -71,6 +71,37 @@ def test_faces_keep_their_track_while_they_move() -> None:
     assert (tracker.tracks[1].first_frame, tracker.tracks[1].last_frame) == (0, 25)
 
 
+def test_a_replayed_run_goes_on_with_the_same_tracks() -> None:
+    # Three faces, one leaving after frame 2 (its track ends a frame later) and one arriving at frame 4; the first
+    # run's ids replayed into a fresh tracker for frames 0-3 must leave it where the first tracker was: frames 4-6
+    # get the same ids.
+    def frame(step: int) -> tuple[list, list]:
+        faces = [_box(100 + 60 * step, 300, 100), _box(700, 300 + 40 * step, 80)]
+        if step <= 2:
+            faces.append(_box(1200, 200, 120))
+        if step >= 4:
+            faces.append(_box(400, 700, 90))
+        return faces, [_p(k % 7) for k in range(len(faces))]
+
+    first, again = FaceTracker(max_gap=0), FaceTracker(max_gap=0)
+    ids = [first.update(step, step * 0.2, *frame(step)) for step in range(7)]
+    for step in range(4):
+        again.replay(step, step * 0.2, *frame(step), ids[step])
+    assert [again.update(step, step * 0.2, *frame(step)) for step in range(4, 7)] == ids[4:] == [[0, 1, 3]] * 3
+    assert [(t.id, t.frames, t.first_frame, t.last_frame) for t in again.tracks] == [
+        (t.id, t.frames, t.first_frame, t.last_frame) for t in first.tracks
+    ]
+    for mine, theirs in zip(again.tracks, first.tracks, strict=True):
+        np.testing.assert_array_equal(mine.probability_sum, theirs.probability_sum)
+    # Ids that this tracker could not have given: a track that ended (2, gone since frame 2), a new one out of turn.
+    for bad, message in [([0, 1, 2], "frame 4: track 2 does not go on"), ([0, 1, 4], "frame 4: track 4 does not")]:
+        tracker = FaceTracker(max_gap=0)
+        for step in range(4):
+            tracker.replay(step, step * 0.2, *frame(step), ids[step])
+        with pytest.raises(ValueError, match=message):
+            tracker.replay(4, 0.8, *frame(4), bad)
+
+
 def test_a_new_face_starts_a_track_and_a_gone_one_ends() -> None:
     tracker = FaceTracker(max_gap=2)
     assert tracker.update(0, 0.0, [_box(100, 100, 50)], [_p(0)]) == [0]
@@ -236,6 +267,25 @@ def test_a_window_is_the_videos_frames_from_start_to_end() -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             Window(start, end)
+
+
+def test_sampling_goes_on_after_the_frame_an_earlier_run_sampled_last() -> None:
+    clip = _clip()
+    # 3 a second from 0.5 s (a grid off the video's 25 frames a second), every frame, and every frame of a window
+    for fps, window in [(3.0, Window(0.5)), (None, Window()), (None, Window(1.0, 2.0))]:
+        whole = [(f.index, f.time_s) for f in sample_frames(clip, fps=fps, window=window)]
+        for cut in (0, 3, len(whole) - 2):
+            after = round(whole[cut][1], 4)  # as the answer gave the time: rounded to 0.1 ms
+            rest = [(f.index, f.time_s) for f in sample_frames(clip, fps=fps, window=window, after_s=after)]
+            assert rest == whole[cut + 1 :], (fps, window, cut)
+    frames = list(sample_frames(clip, fps=5, after_s=2.0))  # sought, not decoded to: the same pixels
+    assert [f.index for f in frames] == list(range(55, 105, 5))
+    capture = cv2.VideoCapture(str(clip))
+    for _ in range(56):
+        ok, bgr = capture.read()
+    capture.release()
+    np.testing.assert_array_equal(frames[0].rgb, bgr[:, :, ::-1])
+    assert list(sample_frames(clip, fps=5, after_s=4.0)) == []  # the last sampled frame: nothing after it
 
 
 def test_a_seek_that_lands_past_the_start_reads_from_the_first_frame(monkeypatch) -> None:
@@ -486,6 +536,60 @@ def test_fmpn_video_writes_a_row_a_face_a_frame(fast_env, tmp_path, capsys) -> N
         assert (int(row["frame"]), int(row["track"]), row["label"]) == (frame["frame"], face["track"], face["label"])
         assert float(row["x2"]) == pytest.approx(face["box"]["x2"], abs=0.05)
         assert [float(row[c]) for c in classes] == pytest.approx(list(face["probabilities"].values()), abs=1e-6)
+
+
+def test_fmpn_video_resumes_a_stopped_run_where_it_stopped(fast_env, tmp_path, capsys) -> None:
+    clip = str(_clip())
+
+    def run(out, *extra: str) -> int:
+        argv = ["video", clip, "--fps", "3", "--max-frames", "7", "--jsonl", "--out", str(out), *extra]
+        return main([*argv, "--csv", str(out.with_suffix(".csv")), "--resume"])
+
+    def lines(path) -> list[dict]:
+        items = [json.loads(line) for line in path.read_text().splitlines()]
+        items[-1].pop("timings_ms")
+        return items
+
+    whole = tmp_path / "whole.jsonl"  # --resume with no file yet: the run starts
+    assert run(whole) == 0 and capsys.readouterr().out == ""  # the lines go to the file, not stdout
+    want = lines(whole)
+    assert [line["type"] for line in want] == ["video"] + ["frame"] * 7 + ["summary"]
+    assert want[0]["options"] == {"max_frames": 7, "max_faces": 20, "detect_every": 1, "mask": False}
+    # A stop in the middle of writing the fourth frame: three whole frames, then a line cut short.
+    stopped = tmp_path / "stopped.jsonl"
+    text = whole.read_bytes().splitlines(keepends=True)
+    stopped.write_bytes(b"".join(text[:4]) + text[4][:150])
+    stopped.with_suffix(".csv").write_text("frame,time_s\n0,0.0\n")  # a table behind the file: written anew
+    assert run(stopped) == 0
+    err = capsys.readouterr().err
+    assert "4 frames analysed" in err and "after the 3 frames in" in err
+    assert lines(stopped) == want  # the same frames, the same tracks, the same summary
+    assert stopped.with_suffix(".csv").read_text() == whole.with_suffix(".csv").read_text()
+    assert len(want[-1]["tracks"]) >= 5 and sum(t["frames"] for t in want[-1]["tracks"]) >= 25
+    # A finished file is left as it is; one of another run, or no file of this kind, is refused.
+    before = stopped.read_bytes()
+    assert run(stopped) == 0 and "is finished already (7 frames)" in capsys.readouterr().err
+    assert stopped.read_bytes() == before
+    stopped.write_bytes(b"".join(text[:3]))
+    assert run(stopped, "--max-faces", "2") == 2
+    err = capsys.readouterr().err
+    assert (
+        'holds another run (options: {"max_frames": 7, "max_faces": 20, "detect_every": 1, "mask": false} there, '
+        in err
+    )
+    assert '"max_faces": 2, "detect_every": 1, "mask": false} here); give the same video, weights and options' in err
+    stopped.write_bytes(b'{"type": "frame"}\n')
+    assert run(stopped) == 2
+    assert "line 1 is not what fmpn video --jsonl writes there" in capsys.readouterr().err
+    for argv, message in [
+        (["video", clip, "--resume"], "--resume goes on with the JSON lines of --jsonl --out FILE"),
+        (
+            ["video", clip, "--resume", "--jsonl", "--out", str(whole), "--overlay", str(tmp_path / "o.mp4")],
+            "--overlay cannot be resumed",
+        ),
+    ]:
+        assert main(argv) == 2
+        assert message in capsys.readouterr().err
 
 
 def test_predict_video_in_python_gives_fmpn_videos_answer(fast_env, capsys) -> None:
