@@ -5,6 +5,8 @@
 - ``docker-compose.yml`` validates against the compose-spec JSON schema (vendored by ``check-jsonschema``), the
   manifests in ``docker/k8s/`` against the Kubernetes 1.37 JSON schemas (``kubernetes-validate``, strict), and
   they agree with each other and with ``app/settings.py`` (GPU reservation, probes, HPA target, affinity >= TTL).
+- The video Job's command (``docker/k8s/jobs/``), run as the CPU image runs it, killed part way and run again,
+  ends with every frame once.
 - The exact command the image runs: the Dockerfile's CMD with the ENV of its runtime stage, in the project venv
   (standing in for the image's /opt/venv: a fresh venv with torch would take minutes), on a free loopback port,
   with a small random checkpoint as FMPN_WEIGHTS; it must become ready, pass the HEALTHCHECK command, and exit
@@ -543,6 +545,30 @@ def _get(url: str) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read() or b"{}")
 
 
+def _image_env(runtime: Stage, checkpoint: Path, volume: Path, tmp_path: Path) -> tuple[dict[str, str], Path, Path]:
+    """The image's environment: its ENV, with /opt/venv standing for the project venv and the test checkpoint as
+    FMPN_WEIGHTS; no FMPN_* of ours. An empty WORKDIR (no .env) and HOME, to be checked still empty after."""
+    venv = Path(sys.executable).parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FMPN_")}
+    for key, value in runtime.env.items():
+        value = value.replace("/opt/venv", str(venv)).replace("$PATH", os.environ.get("PATH", ""))
+        env[key] = value.replace("/var/cache/fmpn", str(volume))
+    env["FMPN_WEIGHTS"] = str(checkpoint)
+    env["FMPN_TORCH_THREADS"] = "1"  # the one addition: a busy 2-core test machine
+    workdir, home = tmp_path / "app", tmp_path / "home"
+    workdir.mkdir()
+    home.mkdir()
+    env["HOME"] = str(home)
+    return env, workdir, home
+
+
+def _image_executable(name: str, env: dict[str, str]) -> str:
+    """The image's program, found on its PATH: the project venv's."""
+    executable = shutil.which(name, path=env["PATH"])
+    assert executable and Path(executable).parent == Path(sys.executable).parent
+    return executable
+
+
 @pytest.mark.parametrize("kind", ["gpu", "cpu"])
 def test_the_image_command_serves_and_stops_cleanly(kind, stages, checkpoint, tmp_path) -> None:
     """Each image's command with its environment: ready, healthy, stopped cleanly, writing nothing outside its
@@ -555,22 +581,9 @@ def test_the_image_command_serves_and_stops_cleanly(kind, stages, checkpoint, tm
     cmd[cmd.index("--host") + 1] = "127.0.0.1"  # loopback only here; the image binds 0.0.0.0
     cmd[cmd.index("--port") + 1] = str(port)
 
-    # The image's environment: its ENV, with /opt/venv standing for the project venv and the test checkpoint as
-    # FMPN_WEIGHTS; no FMPN_* of ours. An empty WORKDIR (no .env) and HOME, checked to be still empty after.
-    venv = Path(sys.executable).parent.parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FMPN_")}
     volume = tmp_path / "volume"  # the CPU image's VOLUME /var/cache/fmpn
-    for key, value in runtime.env.items():
-        value = value.replace("/opt/venv", str(venv)).replace("$PATH", os.environ.get("PATH", ""))
-        env[key] = value.replace("/var/cache/fmpn", str(volume))
-    env["FMPN_WEIGHTS"] = str(checkpoint)
-    env["FMPN_TORCH_THREADS"] = "1"  # the one addition: a busy 2-core test machine
-    workdir, home = tmp_path / "app", tmp_path / "home"
-    workdir.mkdir()
-    home.mkdir()
-    env["HOME"] = str(home)
-    executable = shutil.which(cmd[0], path=env["PATH"])
-    assert executable and Path(executable).parent == venv / "bin"
+    env, workdir, home = _image_env(runtime, checkpoint, volume, tmp_path)
+    executable = _image_executable(cmd[0], env)
 
     proc = subprocess.Popen(
         [executable, *cmd[1:]], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -631,3 +644,69 @@ def test_deployment_docs_name_real_settings_with_their_defaults(stages) -> None:
         expected = image_env[env_name] if env_name in image_env else getattr(defaults, name)
         actual = value if env_name in image_env else getattr(_settings(**{name: value}), name)
         assert actual == expected, f"README says {env_name} defaults to {value}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The video Job (docker/k8s/jobs/video-job.yaml)
+
+JOB = K8S / "jobs" / "video-job.yaml"
+
+
+def test_the_video_job_goes_on_after_a_stopped_pod(stages, checkpoint, tmp_path) -> None:
+    """The Job's manifest is valid, its command is ``fmpn video ... --resume`` writing to its claim, and that command,
+    run as the image runs it and killed part way as an evicted pod is, ends on the next try with every frame once."""
+    from conftest import require_data
+
+    from cli.main import build_parser
+
+    kubernetes_validate = _module("kubernetes_validate", "kubernetes-validate")
+    (job,) = [doc for doc in yaml.safe_load_all(JOB.read_text()) if doc]
+    kubernetes_validate.validate(job, K8S_VERSION, strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert job["kind"] == "Job" and pod["restartPolicy"] == "Never" and container["image"].endswith(":cpu")
+    rules = {r["action"]: r for r in job["spec"]["podFailurePolicy"]["rules"]}
+    assert rules["FailJob"]["onExitCodes"] == {"containerName": container["name"], "operator": "In", "values": [2]}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    cmd = container["command"]
+    args = build_parser().parse_args(cmd[1:])
+    assert (args.command, args.resume, args.jsonl) == ("video", True, True)
+    claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    (data,) = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in claims]
+    assert all(p.startswith(data + "/") for p in (args.video, args.out, args.csv))
+
+    # The command on this machine: the claim a folder of the test's, holding the real clip, the image's ENV.
+    runtime = stages["cpu"][-1]
+    env, workdir, home = _image_env(runtime, checkpoint, tmp_path / "volume", tmp_path)
+    claim = tmp_path / "claim"
+    video = claim / Path(args.video).relative_to(data)
+    video.parent.mkdir(parents=True)
+    video.symlink_to(require_data("photos", "clip-multiface.mp4"))
+    argv = [_image_executable(cmd[0], env)] + [a.replace(data, str(claim)) for a in cmd[1:]]
+    out = claim / Path(args.out).relative_to(data)
+
+    def frames() -> int:
+        return max(0, len(out.read_bytes().split(b"\n")) - 2) if out.is_file() else 0
+
+    first = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while frames() < 5 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.kill()  # the pod evicted part way through
+    first.communicate()
+    stopped_at = frames()
+    assert 5 <= stopped_at < 21, "the first try was not stopped part way"
+    again = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"after the {stopped_at} frames in" in again.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["video"] + ["frame"] * 21 + ["summary"]
+    assert [line["frame"] for line in lines[1:-1]] == list(range(0, 105, 5))  # each sampled frame once, in order
+    table = (claim / Path(args.csv).relative_to(data)).read_text().splitlines()
+    assert len(table) == 1 + sum(len(line["faces"]) for line in lines[1:-1])
+    done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "is finished already (21 frames)" in done.stderr
+    video.unlink()  # the error FailJob stops on: exit 2, one line
+    missing = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no such video file" in missing.stderr and "Traceback" not in missing.stderr
+    assert not any(workdir.iterdir()) and not any(home.iterdir()), "the job wrote outside its volumes"
