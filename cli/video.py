@@ -7,12 +7,17 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from cli.serve import _settings
 from cli.table import FaceTable
+
+if TYPE_CHECKING:  # fmpn.video imports OpenCV: `fmpn --help` stays fast
+    from app.schemas import VideoFrameResult
+    from fmpn.video import Resume
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -104,7 +109,6 @@ def run_video(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from app.render import render_overlay
-    from app.schemas import VideoFrameResult
     from app.service import build_predictor
     from app.video import VideoAnalysis, json_line
     from fmpn.video import Window, frames_to_sample, predict_frames, probe_video, sample_frames
@@ -126,53 +130,65 @@ def run_video(args: argparse.Namespace) -> int:
     path = Path(args.video)
     info = probe_video(path)  # a clear error before the model loads
     window.check(info)
-    earlier = EarlierRun.read(Path(args.out)) if args.resume else EarlierRun()
+    out_path = _writable(args.out) if args.out else None
+    out = _open_output(out_path, args.resume)
+    earlier = EarlierRun.read(out_path, args.batch) if args.resume else EarlierRun()
     predictor = build_predictor(settings)
     analysis = VideoAnalysis(
         info, predictor.info(), fps, args.max_frames, args.mask, keep_frames=not args.jsonl, window=window
     )
     # What the answer depends on beyond the head's fields: a resumed run must have been asked the same.
+    model = predictor.info()
     options = {
         "max_frames": args.max_frames,
         "max_faces": settings.max_faces if args.max_faces is None else args.max_faces,
         "detect_every": detect_every,
         "mask": args.mask,
+        "batch": args.batch,  # the frames that go through the model together: the last bits of its numbers
+        "video_bytes": path.stat().st_size,
+        "video_head_sha256": _head_sha256(path),
+        **{k: model[k] for k in ("weights_sha256", "device", "dtype", "flip_average")},
+        **{k: getattr(settings, k) for k in ("detect_max_side", "min_face_size", "min_face_score", "retry_pad")},
     }
     head = {**to_jsonable_python(analysis.head()), "options": options}
     if earlier.head is not None:
-        earlier.check(head, Path(args.out))
-        if earlier.summary is not None:
-            print(f"fmpn video: {args.out} is finished already ({len(earlier.frames)} frames)", file=sys.stderr)
-            return 0
-    try:
-        done = [VideoFrameResult.model_validate(line) for line in earlier.frames]
-        for result in done:
-            analysis.replay(result)
-    except (ValueError, KeyError) as exc:  # pydantic's ValidationError is a ValueError
-        raise ValueError(f"{args.out}: not the frames of this run ({exc})".replace("\n", " ")) from None
-    out = _output(args.out, earlier.size if earlier.head is not None else None)
+        earlier.check(head)
+        if args.max_frames is not None and earlier.frames > args.max_frames:
+            raise ValueError(f"{args.out} holds {earlier.frames} frames, more than --max-frames {args.max_frames}")
+    table = FrameTable(args.csv, predictor.classes) if args.csv else None
+    for result in earlier.replay():  # the tracks (and a resumed run's table, written anew) as the file left them
+        analysis.replay(result)
+        if table is not None:
+            table.add(result)
+    if earlier.finished:
+        out.close()
+        if table is not None:
+            table.close()
+        print(f"fmpn video: {args.out} is finished already ({earlier.frames} frames)", file=sys.stderr)
+        return 0
+    if args.resume:  # a line cut short by the stop, and the frames of a batch not finished, go
+        out.truncate(earlier.size)
+        out.seek(earlier.size)
     if args.jsonl and earlier.head is None:
         out.write(json_line("video", head))
     writer = None
     overlay_fps = analysis.head()["sampled_fps"] or info.fps or 25.0  # the analysed frames' rate
     timings = analysis.timings
     t0 = time.perf_counter()
-    left = None if args.max_frames is None else args.max_frames - len(earlier.frames)
-    after = earlier.frames[-1]["time_s"] if earlier.frames else None
+    left = None if args.max_frames is None else args.max_frames - earlier.frames
     frames = (
         iter(())
         if left == 0
-        else sample_frames(path, fps, left, settings.max_pixels, report=analysis.report, window=window, after_s=after)
+        else sample_frames(
+            path, fps, left, settings.max_pixels, report=analysis.report, window=window, resume=earlier.last
+        )
     )
     expected = frames_to_sample(info, fps, window)
     total = min(filter(None, (expected, args.max_frames)), default=None)
-    table = FrameTable(args.csv, predictor.classes) if args.csv else None
-    for result in done if table is not None else ():  # a resumed run's table is written anew, from the file
-        table.add(result)
     # A progress bar on a terminal only (tqdm's disable=None), on stderr: stdout carries the JSON.
     progress = tqdm(
         total=total,
-        initial=len(earlier.frames),
+        initial=earlier.frames,
         unit="frame",
         desc=path.name,
         disable=None,
@@ -219,11 +235,11 @@ def run_video(args: argparse.Namespace) -> int:
     out.flush()
     if out is not sys.stdout.buffer:
         out.close()
-    n = analysis.analysed - len(earlier.frames)
+    n = analysis.analysed - earlier.frames
     print(
         f"fmpn video: {path}: {n} frames analysed in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} frames/s), "
         f"{faces} faces, {tracks} tracks"
-        + (f", after the {len(earlier.frames)} frames in {args.out}" if earlier.frames else "")
+        + (f", after the {earlier.frames} frames in {args.out}" if earlier.frames else "")
         + (f", overlay {args.overlay}" if args.overlay and writer is not None else "")
         + (f", table {args.csv}" if args.csv else ""),
         file=sys.stderr,
@@ -231,69 +247,143 @@ def run_video(args: argparse.Namespace) -> int:
     return 0
 
 
-def _output(path: str | None, keep: int | None) -> BinaryIO:
-    """Where the answer goes: stdout, or the --out file (``keep``: go on after its first that many bytes)."""
+def _writable(path: str) -> Path:
+    """The --out file, checked before the model loads: a file (or none yet) in a folder that can be made."""
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"--out {path} is a folder: name a file in it")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot make its folder ({exc.strerror})") from None
+    return target
+
+
+def _open_output(path: Path | None, resume: bool) -> BinaryIO:
+    """Where the answer goes: stdout, or the --out file. A file to go on with is opened as it is, and locked while the
+    run lasts: two runs going on with one file would write their frames into it in turn."""
+    import fcntl
+    import os
+
     if path is None:
         return sys.stdout.buffer
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if keep is None:
-        return target.open("wb")
-    out = target.open("r+b")
-    out.truncate(keep)  # a line cut short by the stop goes
-    out.seek(keep)
+    try:
+        out = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b") if resume else path.open("wb")
+    except OSError as exc:
+        raise ValueError(f"--out {path}: cannot write it ({exc.strerror})") from None
+    if resume:
+        try:
+            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            out.close()
+            raise ValueError(f"another fmpn video is writing {path}: wait for it to end") from None
+        except OSError:
+            pass  # a file system without locks (some network mounts): go on unlocked
     return out
+
+
+def _head_sha256(path: Path, size: int = 1 << 20) -> str:
+    """The SHA-256 of a video's first MiB: another file of the same size and format is told apart."""
+    import hashlib
+
+    with path.open("rb") as f:
+        return hashlib.sha256(f.read(size)).hexdigest()
+
+
+_HEAD_START = b'{"type":"video",'  # how the file's first line starts (json_line writes it without spaces)
 
 
 @dataclass
 class EarlierRun:
-    """What an earlier ``--jsonl --out`` run left in its file: its head line, its frames' lines, its summary (None:
-    it was stopped before the end), and the bytes those whole lines take (a last line cut short by the stop is not
-    counted: its frame is analysed again)."""
+    """What an earlier ``--jsonl --out`` run left in its file, read a line at a time (a long video's file is not
+    held in memory): its head, whether it finished, and the frames to go on after. A stopped run is cut back to its
+    last whole batch of ``batch`` frames, so that the frames go through the model in the same batches as in an
+    uninterrupted run (their last bits depend on it); a last line cut short by the stop goes too."""
 
+    path: Path | None = None
     head: dict[str, Any] | None = None
-    frames: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] | None = None
-    size: int = 0
+    frames: int = 0  # the frame lines kept
+    size: int = 0  # the bytes of the lines kept
+    last: Resume | None = None  # where the sampling goes on
+    finished: bool = False
 
     @classmethod
-    def read(cls, path: Path) -> EarlierRun:
-        run = cls()
+    def read(cls, path: Path, batch: int) -> EarlierRun:
+        from fmpn.video import Resume
+
+        run = cls(path)
         if not path.is_file():
             return run  # nothing yet: the run starts
-        with path.open("rb") as f:
-            for n, line in enumerate(f, 1):
-                if not line.endswith(b"\n"):
-                    break
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    item = None
-                kind = item.get("type") if isinstance(item, dict) else None
-                if kind != ("video" if n == 1 else "frame") and not (kind == "summary" and n > 1):
-                    raise ValueError(
-                        f"{path}: line {n} is not what fmpn video --jsonl writes there: not a file to go on with"
-                    )
-                if run.summary is not None:
-                    raise ValueError(f"{path}: line {n} follows the summary: not a file to go on with")
-                fields = {k: v for k, v in item.items() if k != "type"}
-                if kind == "video":
-                    run.head = fields
-                elif kind == "frame":
-                    run.frames.append(fields)
-                else:
-                    run.summary = fields
-                run.size += len(line)
+        try:
+            with path.open("rb") as f:
+                first = f.readline()
+                whole = first.endswith(b"\n")
+                if not (first.startswith(_HEAD_START) or (not whole and _HEAD_START.startswith(first))):
+                    raise ValueError(f"{path} is not a file fmpn video --jsonl wrote: not one to go on with")
+                if not whole:
+                    return run  # stopped while writing the head: the run starts
+                run.head = _line(first, path, 1, "video")[1]
+                run.size = offset = len(first)
+                frames, last = 0, None
+                for n, line in enumerate(f, 2):
+                    if not line.endswith(b"\n"):
+                        break
+                    if run.finished:
+                        raise ValueError(f"{path}: line {n} follows the summary: not a file to go on with")
+                    kind, fields = _line(line, path, n, "frame", "summary")
+                    frames, offset = frames + (kind == "frame"), offset + len(line)
+                    if kind == "summary":
+                        run.finished, run.frames, run.size = True, frames, offset
+                        continue
+                    at_time = last.at_time + 1 if last is not None and fields.get("time_s") == last.time_s else 1
+                    last = Resume(frame=fields.get("frame"), time_s=fields.get("time_s"), at_time=at_time)
+                    if frames % batch == 0:  # a whole batch: where a stopped run goes on
+                        run.frames, run.size, run.last = frames, offset, last
+        except OSError as exc:
+            raise ValueError(f"--out {path}: cannot read it ({exc.strerror})") from None
         return run
 
-    def check(self, head: dict[str, Any], path: Path) -> None:
+    def replay(self) -> Iterator[VideoFrameResult]:
+        """The frames kept, one at a time."""
+        from app.schemas import VideoFrameResult
+
+        if self.head is None:
+            return
+        with self.path.open("rb") as f:
+            f.readline()
+            for n in range(2, self.frames + 2):
+                fields = _line(f.readline(), self.path, n, "frame")[1]
+                try:
+                    result = VideoFrameResult.model_validate(fields)
+                except ValueError as exc:  # pydantic's ValidationError is one
+                    message = f"{self.path}: line {n} is not a frame of this run ({exc})"
+                    raise ValueError(message.replace("\n", " ")) from None
+                yield result
+
+    def check(self, head: dict[str, Any]) -> None:
         """The earlier run must have analysed the same video the same way: its head, options included, is this one's."""
         for key, value in head.items():
-            if self.head.get(key) != value:
-                raise ValueError(
-                    f"{path} holds another run ({key}: {json.dumps(self.head.get(key))} there, {json.dumps(value)} "
-                    "here); give the same video, weights and options, or another --out"
-                )
+            mine = self.head.get(key)
+            if mine == value:
+                continue
+            if isinstance(value, dict) and isinstance(mine, dict):  # name the option that differs
+                key = min(f"{key}.{k}" for k in value.keys() | mine.keys() if mine.get(k) != value.get(k))
+                mine, value = mine.get(key.split(".", 1)[1]), value.get(key.split(".", 1)[1])
+            raise ValueError(
+                f"{self.path} holds another run ({key}: {json.dumps(mine)} there, {json.dumps(value)} here); "
+                "give the same video, weights and options, or another --out"
+            )
+
+
+def _line(line: bytes, path: Path, n: int, *kinds: str) -> tuple[str, dict[str, Any]]:
+    """A line's type, one of ``kinds``, and its fields."""
+    try:
+        item = json.loads(line)
+    except ValueError:
+        item = None
+    if not isinstance(item, dict) or item.get("type") not in kinds:
+        raise ValueError(f"{path}: line {n} is not what fmpn video --jsonl writes there: not a file to go on with")
+    return item["type"], {k: v for k, v in item.items() if k != "type"}
 
 
 def _writer(path: str, shape: tuple[int, ...], fps: float):  # noqa: ANN202 - cv2.VideoWriter

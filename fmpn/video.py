@@ -197,16 +197,16 @@ def sample_frames(
     max_decoded: int | None = None,
     report: DecodeReport | None = None,
     window: Window | None = None,
-    after_s: float | None = None,
+    resume: Resume | None = None,
 ) -> Iterator[Frame]:
     """The video's frames at ``fps`` a second: the first at or after each point of a 1/fps grid of times from the
     ``window``'s start (None, or at least the video's own rate: every frame), at most ``max_frames`` of them.
     Frames in between are grabbed, not converted. A video whose frames are larger than ``max_pixels`` is refused
     before any is decoded. A window's start is sought (FFmpeg decodes from the keyframe before it), not decoded to.
 
-    ``after_s``: go on after the frame an earlier run sampled last, at this time as its answer gave it (rounded to
-    0.1 ms, ``time_s``): that frame is sought, and the frames after it are those the earlier run would have gone on
-    to (``fmpn video --resume``).
+    ``resume``: go on after the frame an earlier run of the same sampling gave last (``fmpn video --resume``): that
+    frame is sought (the video is read from its first frame where the seek lands past it), the frames up to it are
+    passed over, and the frames after it are those the earlier run would have gone on to, numbered as it would have.
 
     A frame that cannot be decoded is skipped (up to MAX_BAD_FRAMES in a row); ``max_decoded`` bounds the frames
     decoded in all (a very low ``fps`` would decode a whole long video for a few frames); ``report`` says what
@@ -233,7 +233,7 @@ def sample_frames(
         # A window's start is sought, unless a decoding budget is set (the service): seeking decodes from the keyframe
         # before the start, uncounted, and one keyframe can precede millions of tiny frames; there the frames before
         # the start are read one by one, within the budget.
-        target = window.start_s if after_s is None else max(window.start_s, after_s - _RESUME_SLACK_S)
+        target = window.start_s if resume is None else max(window.start_s, resume.time_s - _RESUME_SLACK_S)
         sought = target > 0 and max_decoded is None
         sought = sought and capture.set(cv2.CAP_PROP_POS_MSEC, target * 1000.0)
         if sought:
@@ -242,6 +242,12 @@ def sample_frames(
         stop = window.frame_range(info)[1] if info.frames > 0 and info.fps > 0 else 0  # 0: not known
         bad = 0  # frames in a row that could not be decoded, not yet followed by one that could
         next_time = window.start_s
+        if resume is not None and not every:  # refined from the exact time of the earlier run's last frame, below
+            next_time = _next_grid_time(window.start_s, resume.time_s, fps)
+        passing, at_time = (
+            resume is not None,
+            0,
+        )  # passing the frames the earlier run sampled; its frames at its last time
         while max_frames is None or picked < max_frames:
             if max_decoded is not None and grabbed >= max_decoded:
                 if not 0 < stop <= index:  # frames left (as far as the container says): cut here
@@ -258,14 +264,23 @@ def sample_frames(
             if sought:  # the first frame after seeking: OpenCV seeks by the container's frame rate, and in a video
                 # of variable rate it can land past the start (frames lost) or past the end: read from the first frame
                 sought = False
-                if not ok or time_s > target + slack:
+                late = time_s > target + slack if resume is None else round(time_s, 4) > resume.time_s
+                if not ok or late:
                     capture.release()
                     capture, _ = _capture(path)
                     index = 0
                     continue
-            passed = ok and after_s is not None and round(time_s, 4) <= after_s  # sampled by the earlier run
-            if passed and not every:  # the grid goes on from the frame the earlier run sampled last
-                next_time = _next_grid_time(window.start_s, time_s, fps)
+            passed = False
+            if ok and passing:
+                rounded = round(time_s, 4)  # as the earlier run's answer gave it
+                passed = rounded < resume.time_s or (rounded == resume.time_s and at_time < resume.at_time)
+                at_time += rounded == resume.time_s
+                if rounded == resume.time_s and at_time == resume.at_time:  # its last frame: go on from there
+                    passing = False
+                    index = resume.frame  # as the earlier run numbered it (a seek's frame numbers are estimates)
+                    if not every:
+                        next_time = _next_grid_time(window.start_s, time_s, fps)
+                passing = passing and passed
             if ok and not passed:
                 if window.end_s is not None and time_s + 1e-6 >= window.end_s:
                     report.skipped += bad
@@ -293,6 +308,17 @@ def sample_frames(
                     next_time = _next_grid_time(window.start_s, time_s, fps)
     finally:
         capture.release()
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where an earlier run of the same sampling stopped: the number and time of the last frame it gave (the time as
+    its answer gave it, rounded to 0.1 ms), and how many of the frames it gave have that time (more than one only
+    where frames share a timestamp)."""
+
+    frame: int
+    time_s: float
+    at_time: int = 1
 
 
 # How far before a resumed run's last frame it is sought: more than the rounding of the time it was reported at.

@@ -25,6 +25,7 @@ from fmpn.video import (
     DecodeReport,
     FaceFollower,
     FaceTracker,
+    Resume,
     VideoDecodeError,
     Window,
     container_format,
@@ -269,23 +270,76 @@ def test_a_window_is_the_videos_frames_from_start_to_end() -> None:
             Window(start, end)
 
 
+def _resume_after(frames: list, k: int) -> Resume:
+    """Where a run that gave ``frames`` (index, time) and stopped after the k-th stands, as its answer says it."""
+    time_s = round(frames[k][1], 4)
+    at_time = sum(1 for _, t in frames[: k + 1] if round(t, 4) == time_s)
+    return Resume(frame=frames[k][0], time_s=time_s, at_time=at_time)
+
+
 def test_sampling_goes_on_after_the_frame_an_earlier_run_sampled_last() -> None:
     clip = _clip()
     # 3 a second from 0.5 s (a grid off the video's 25 frames a second), every frame, and every frame of a window
     for fps, window in [(3.0, Window(0.5)), (None, Window()), (None, Window(1.0, 2.0))]:
         whole = [(f.index, f.time_s) for f in sample_frames(clip, fps=fps, window=window)]
         for cut in (0, 3, len(whole) - 2):
-            after = round(whole[cut][1], 4)  # as the answer gave the time: rounded to 0.1 ms
-            rest = [(f.index, f.time_s) for f in sample_frames(clip, fps=fps, window=window, after_s=after)]
+            resume = _resume_after(whole, cut)
+            rest = [(f.index, f.time_s) for f in sample_frames(clip, fps=fps, window=window, resume=resume)]
             assert rest == whole[cut + 1 :], (fps, window, cut)
-    frames = list(sample_frames(clip, fps=5, after_s=2.0))  # sought, not decoded to: the same pixels
+    frames = list(sample_frames(clip, fps=5, resume=Resume(50, 2.0)))  # sought, not decoded to: the same pixels
     assert [f.index for f in frames] == list(range(55, 105, 5))
     capture = cv2.VideoCapture(str(clip))
     for _ in range(56):
         ok, bgr = capture.read()
     capture.release()
     np.testing.assert_array_equal(frames[0].rgb, bgr[:, :, ::-1])
-    assert list(sample_frames(clip, fps=5, after_s=4.0)) == []  # the last sampled frame: nothing after it
+    assert list(sample_frames(clip, fps=5, resume=Resume(100, 4.0))) == []  # the last sampled frame: nothing after
+
+
+def test_a_resumed_sampling_numbers_frames_as_the_earlier_run_did(monkeypatch) -> None:
+    """In a video of variable rate OpenCV's seek lands by the container's average rate: its frame numbers after a
+    seek are estimates, it can land past the frame sought, and frames can share a timestamp. A resumed sampling
+    must still give the frames an uninterrupted one gives after the stop, numbered as it numbers them."""
+    import fmpn.video as video
+
+    real, opened = video._capture, []
+    quirks = {"late_ms": 0.0, "frames_off": 0}
+
+    class Variable:  # frame 31 stamped with frame 30's time; a seek that lands late, or misnumbers what it finds
+        def __init__(self, capture) -> None:  # noqa: ANN001 - cv2.VideoCapture
+            self.capture = capture
+            self.sought = False
+
+        def set(self, prop: int, value: float) -> bool:
+            self.sought = prop == cv2.CAP_PROP_POS_MSEC
+            return self.capture.set(prop, value + quirks["late_ms"] if self.sought else value)
+
+        def get(self, prop: int) -> float:
+            value = self.capture.get(prop)
+            if prop == cv2.CAP_PROP_POS_MSEC and round(value) == 1240:
+                return 1200.0
+            if prop == cv2.CAP_PROP_POS_FRAMES and self.sought:
+                return value + quirks["frames_off"]
+            return value
+
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(self.capture, name)
+
+    def capture(path):  # noqa: ANN001, ANN202
+        cap, info = real(path)
+        opened.append(path)
+        return Variable(cap), info
+
+    monkeypatch.setattr(video, "_capture", capture)
+    clip = _clip()
+    whole = [(f.index, f.time_s) for f in sample_frames(clip, fps=None)]
+    assert whole[30:32] == [(30, 1.2), (31, 1.2)]  # two frames at one time
+    for late_ms, frames_off, cut in [(0, 3, 40), (0, -2, 60), (40, 0, 15), (0, 0, 30), (0, 0, 31), (0, 4, 31)]:
+        quirks.update(late_ms=late_ms, frames_off=frames_off)
+        opened.clear()
+        rest = [(f.index, f.time_s) for f in sample_frames(clip, fps=None, resume=_resume_after(whole, cut))]
+        assert rest == whole[cut + 1 :], (late_ms, frames_off, cut)
+        assert len(opened) == (2 if late_ms else 1)  # a seek past the frame: read again from the first frame
 
 
 def test_a_seek_that_lands_past_the_start_reads_from_the_first_frame(monkeypatch) -> None:
@@ -539,11 +593,13 @@ def test_fmpn_video_writes_a_row_a_face_a_frame(fast_env, tmp_path, capsys) -> N
 
 
 def test_fmpn_video_resumes_a_stopped_run_where_it_stopped(fast_env, tmp_path, capsys) -> None:
+    import fcntl
+
     clip = str(_clip())
 
     def run(out, *extra: str) -> int:
-        argv = ["video", clip, "--fps", "3", "--max-frames", "7", "--jsonl", "--out", str(out), *extra]
-        return main([*argv, "--csv", str(out.with_suffix(".csv")), "--resume"])
+        argv = ["video", clip, "--fps", "3", "--max-frames", "7", "--batch", "2", "--jsonl", "--out", str(out)]
+        return main([*argv, *extra, "--csv", str(out.with_suffix(".csv")), "--resume"])
 
     def lines(path) -> list[dict]:
         items = [json.loads(line) for line in path.read_text().splitlines()]
@@ -554,42 +610,65 @@ def test_fmpn_video_resumes_a_stopped_run_where_it_stopped(fast_env, tmp_path, c
     assert run(whole) == 0 and capsys.readouterr().out == ""  # the lines go to the file, not stdout
     want = lines(whole)
     assert [line["type"] for line in want] == ["video"] + ["frame"] * 7 + ["summary"]
-    assert want[0]["options"] == {"max_frames": 7, "max_faces": 20, "detect_every": 1, "mask": False}
-    # A stop in the middle of writing the fourth frame: three whole frames, then a line cut short.
+    options = want[0]["options"]
+    assert {k: options[k] for k in ("max_frames", "max_faces", "detect_every", "mask", "batch")} == {
+        "max_frames": 7,
+        "max_faces": 20,
+        "detect_every": 1,
+        "mask": False,
+        "batch": 2,
+    }
+    assert options["video_bytes"] == 2411585 and options["detect_max_side"] == 960
+    # A stop in the middle of writing the fourth frame: three whole frames, then a line cut short. The run goes on
+    # after the second, the last whole batch of two frames, so that the frames go through the model as before.
     stopped = tmp_path / "stopped.jsonl"
     text = whole.read_bytes().splitlines(keepends=True)
     stopped.write_bytes(b"".join(text[:4]) + text[4][:150])
     stopped.with_suffix(".csv").write_text("frame,time_s\n0,0.0\n")  # a table behind the file: written anew
     assert run(stopped) == 0
     err = capsys.readouterr().err
-    assert "4 frames analysed" in err and "after the 3 frames in" in err
+    assert "5 frames analysed" in err and "after the 2 frames in" in err
     assert lines(stopped) == want  # the same frames, the same tracks, the same summary
     assert stopped.with_suffix(".csv").read_text() == whole.with_suffix(".csv").read_text()
     assert len(want[-1]["tracks"]) >= 5 and sum(t["frames"] for t in want[-1]["tracks"]) >= 25
-    # A finished file is left as it is; one of another run, or no file of this kind, is refused.
+    # A finished file is left as it is (its table written again); one of another run, or of no run, is refused.
     before = stopped.read_bytes()
+    stopped.with_suffix(".csv").unlink()
     assert run(stopped) == 0 and "is finished already (7 frames)" in capsys.readouterr().err
     assert stopped.read_bytes() == before
+    assert stopped.with_suffix(".csv").read_text() == whole.with_suffix(".csv").read_text()
     stopped.write_bytes(b"".join(text[:3]))
     assert run(stopped, "--max-faces", "2") == 2
     err = capsys.readouterr().err
-    assert (
-        'holds another run (options: {"max_frames": 7, "max_faces": 20, "detect_every": 1, "mask": false} there, '
-        in err
-    )
-    assert '"max_faces": 2, "detect_every": 1, "mask": false} here); give the same video, weights and options' in err
-    stopped.write_bytes(b'{"type": "frame"}\n')
-    assert run(stopped) == 2
-    assert "line 1 is not what fmpn video --jsonl writes there" in capsys.readouterr().err
+    assert "holds another run (options.max_faces: 20 there, 2 here); give the same video, weights and options" in err
+    assert stopped.read_bytes() == b"".join(text[:3])  # refused before anything is written
+    for junk, message in [
+        (b'{"type": "frame"}\n', "is not a file fmpn video --jsonl wrote"),
+        (b"my notes, no newline", "is not a file fmpn video --jsonl wrote"),
+        (text[0] + text[1] + b'{"type":"frame","frame":"x"}\n', "line 3 is not a frame of this run"),
+    ]:
+        stopped.write_bytes(junk)
+        assert run(stopped) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+        assert stopped.read_bytes() == junk
+    with stopped.open("rb") as held:  # another run writing the file
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert run(stopped) == 2
+        assert "another fmpn video is writing" in capsys.readouterr().err
+    (tmp_path / "folder.jsonl").mkdir()
     for argv, message in [
         (["video", clip, "--resume"], "--resume goes on with the JSON lines of --jsonl --out FILE"),
         (
             ["video", clip, "--resume", "--jsonl", "--out", str(whole), "--overlay", str(tmp_path / "o.mp4")],
             "--overlay cannot be resumed",
         ),
+        (["video", clip, "--jsonl", "--out", str(tmp_path / "folder.jsonl")], "folder.jsonl is a folder"),
+        (["video", clip, "--out", str(whole / "x.json")], "cannot make its folder"),
     ]:
         assert main(argv) == 2
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
 
 
 def test_predict_video_in_python_gives_fmpn_videos_answer(fast_env, capsys) -> None:
