@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -142,6 +142,10 @@ class VideoFrameResult(BaseModel):
     time_s: float = Field(description="the frame's time in the video, seconds")
     faces: list[VideoFace]
     faces_detected: int
+    detection: Literal["whole", "near"] = Field(
+        description="whole: the faces were looked for in the whole frame; near: only near the faces of the frame "
+        "before (`detect_every` above 1), where a face that just entered is not found yet"
+    )
 
 
 class TrackResult(BaseModel):
@@ -326,7 +330,11 @@ def video_frame_result(
         for i, (f, t) in enumerate(zip(prediction.faces, tracks, strict=True))
     ]
     return VideoFrameResult(
-        frame=frame.index, time_s=round(frame.time_s, 4), faces=faces, faces_detected=prediction.faces_detected
+        frame=frame.index,
+        time_s=round(frame.time_s, 4),
+        faces=faces,
+        faces_detected=prediction.faces_detected,
+        detection="whole" if prediction.whole_frame else "near",
     )
 
 

@@ -312,8 +312,10 @@ class Service:
         limits = [o.get("max_faces") for o in options]
         detects = [o.get("detect", True) for o in options]
         try:
-            faces = self._followed(predictor, images, options, timings)
-            return predictor.predict(images, max_faces=limits, timings=timings, detect=detects, faces=faces)
+            faces, wholes = self._followed(predictor, images, options, timings)
+            return _whole(
+                predictor.predict(images, max_faces=limits, timings=timings, detect=detects, faces=faces), wholes
+            )
         except Exception as exc:
             if len(images) == 1:
                 raise
@@ -324,24 +326,26 @@ class Service:
         results: list[Any] = []
         for image, option, limit, detect in zip(images, options, limits, detects, strict=True):
             try:
-                faces = self._followed(predictor, [image], [option], timings)
-                results.extend(predictor.predict([image], max_faces=limit, timings=timings, detect=detect, faces=faces))
+                faces, wholes = self._followed(predictor, [image], [option], timings)
+                done = predictor.predict([image], max_faces=limit, timings=timings, detect=detect, faces=faces)
+                results.extend(_whole(done, wholes))
             except Exception as exc:
                 results.append(exc)
         return results
 
     def _followed(
         self, predictor: Predictor, images: list[Any], options: list[dict[str, Any]], timings: dict[str, float]
-    ) -> list[list[Face] | None]:
+    ) -> tuple[list[list[Face] | None], list[bool]]:
         """The faces of video frames followed from the frame before (option ``near``: where its faces were;
-        ``fmpn.video.FaceFollower``), None for the images to detect whole."""
+        ``fmpn.video.FaceFollower``), None for the images to detect whole; and whether each image's faces were
+        looked for in all of it (a followed frame where a face was lost is detected whole after all)."""
         t0 = time.perf_counter()
-        faces = [
-            None if o.get("near") is None else follow_faces(predictor, image, o["near"])[0]
+        found = [
+            (None, True) if o.get("near") is None else follow_faces(predictor, image, o["near"])
             for image, o in zip(images, options, strict=True)
         ]
         timings["detect"] = timings.get("detect", 0.0) + time.perf_counter() - t0
-        return faces
+        return [faces for faces, _ in found], [whole for _, whole in found]
 
     def _on_batch(self, n: int, timings: dict[str, float]) -> None:
         m = self.metrics
@@ -564,7 +568,7 @@ class Service:
                 result = await self.batcher.submit(
                     frame.rgb, background=True, predictor=predictor, max_faces=limit, detect=True, near=near
                 )
-                follower.seen([face.box for face in result[0].faces], whole=near is None)
+                follower.seen([face.box for face in result[0].faces], whole=result[0].whole_frame)
                 results.append(result)
             return results
         except QueueFull as exc:  # another request took the room first
@@ -612,3 +616,10 @@ class Service:
         self.metrics.queue_depth.set(self.batcher.depth)
         self.metrics.results_stored.set(len(self.store))
         self.metrics.results_bytes.set(self.store.total_bytes)
+
+
+def _whole(predictions: list[ImagePrediction], wholes: list[bool]) -> list[ImagePrediction]:
+    """Each prediction marked with whether its faces were looked for in the whole image."""
+    for prediction, whole in zip(predictions, wholes, strict=True):
+        prediction.whole_frame = whole
+    return predictions

@@ -111,7 +111,7 @@ def run_video(args: argparse.Namespace) -> int:
     from app.render import render_overlay
     from app.service import build_predictor
     from app.video import VideoAnalysis, json_line
-    from fmpn.video import Window, frames_to_sample, predict_frames, probe_video, sample_frames
+    from fmpn.video import FaceFollower, Window, frames_to_sample, predict_frames, probe_video, sample_frames
 
     settings = _settings(args, compile="off")
     fps = None if args.all_frames else (settings.video_fps if args.fps is None else args.fps)
@@ -156,8 +156,10 @@ def run_video(args: argparse.Namespace) -> int:
         if args.max_frames is not None and earlier.frames > args.max_frames:
             raise ValueError(f"{args.out} holds {earlier.frames} frames, more than --max-frames {args.max_frames}")
     table = FrameTable(args.csv, predictor.classes) if args.csv else None
-    for result in earlier.replay():  # the tracks (and a resumed run's table, written anew) as the file left them
+    follower = FaceFollower(detect_every)
+    for result in earlier.replay():  # the tracks, where faces were looked for, and the table, as the file left them
         analysis.replay(result)
+        follower.seen([(f.box.x1, f.box.y1, f.box.x2, f.box.y2) for f in result.faces], result.detection == "whole")
         if table is not None:
             table.add(result)
     if earlier.finished:
@@ -196,7 +198,9 @@ def run_video(args: argparse.Namespace) -> int:
         leave=False,
     )
     try:
-        for frame, prediction in predict_frames(predictor, frames, args.batch, args.max_faces, timings, detect_every):
+        for frame, prediction in predict_frames(
+            predictor, frames, args.batch, args.max_faces, timings, detect_every, follower
+        ):
             result = analysis.add(frame, prediction)
             progress.update()
             if table is not None:

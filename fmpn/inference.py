@@ -242,6 +242,8 @@ class ImagePrediction:
     faces: list[FacePrediction]
     faces_detected: int  # before the max_faces cut
     detected: bool = True  # False: the image was classified whole as one face crop (detect=False)
+    # False: its faces were looked for only near those of a video's frame before (fmpn.video.FaceFollower)
+    whole_frame: bool = True
 
     @property
     def faces_truncated(self) -> bool:

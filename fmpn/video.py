@@ -541,24 +541,30 @@ def predict_frames(
     max_faces: int | None = None,
     timings: dict[str, float] | None = None,
     detect_every: int = 1,
+    follower: FaceFollower | None = None,
 ) -> Iterator[tuple[Frame, ImagePrediction]]:
     """Each frame with its faces' predictions, ``batch`` frames through the predictor at a time (one forward for
     all their faces; on a GPU the detector batches them too). ``detect_every`` above 1: the whole frame is detected
-    every that many frames, the faces followed in between (:class:`FaceFollower`)."""
+    every that many frames, the faces followed in between (:class:`FaceFollower`; ``follower``: one that has seen
+    the frames before, as ``fmpn video --resume`` replays it)."""
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    follower = FaceFollower(detect_every)
+    follower = follower if follower is not None else FaceFollower(detect_every)
     limit = max_faces if max_faces is not None else predictor.max_faces  # the faces followed: those classified
     chunk: list[Frame] = []
     found: list[list[Face]] = []
+    wholes: list[bool] = []
 
     def run() -> Iterator[tuple[Frame, ImagePrediction]]:
         given = found if detect_every > 1 else None
         predictions = predictor.predict([f.rgb for f in chunk], max_faces=max_faces, timings=timings, faces=given)
+        for prediction, whole in zip(predictions, wholes, strict=True):
+            prediction.whole_frame = whole
         return zip(list(chunk), predictions, strict=True)
 
     for frame in frames:
         chunk.append(frame)
+        whole = True
         if detect_every > 1:  # each frame's faces from the frame before's: found one frame at a time
             t0 = time.perf_counter()
             faces, whole = follow_faces(predictor, frame.rgb, follower.near())
@@ -566,10 +572,12 @@ def predict_frames(
             found.append(faces)
             if timings is not None:
                 timings["detect"] = timings.get("detect", 0.0) + time.perf_counter() - t0
+        wholes.append(whole)
         if len(chunk) >= batch:
             yield from run()
             chunk.clear()
             found.clear()
+            wholes.clear()
     if chunk:
         yield from run()
 

@@ -652,6 +652,18 @@ def test_fmpn_video_resumes_a_stopped_run_where_it_stopped(fast_env, tmp_path, c
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
         assert stopped.read_bytes() == junk
+    # Faces followed between whole-frame detections (--detect-every): the follower is replayed too, so that the
+    # frames after the stop are looked for where an uninterrupted run looks for them.
+    followed, cut = tmp_path / "followed.jsonl", tmp_path / "followed-cut.jsonl"
+    assert run(followed, "--detect-every", "3", "--fps", "5", "--max-frames", "10") == 0
+    want = lines(followed)
+    assert {line["detection"] for line in want[1:-1]} == {"whole", "near"}
+    text = followed.read_bytes().splitlines(keepends=True)
+    cut.write_bytes(b"".join(text[:10]))  # nine frames: goes on after the eighth, the next one a "near" frame
+    assert json.loads(text[9])["detection"] == "near"
+    assert run(cut, "--detect-every", "3", "--fps", "5", "--max-frames", "10") == 0
+    assert "after the 8 frames in" in capsys.readouterr().err
+    assert lines(cut) == want
     with stopped.open("rb") as held:  # another run writing the file
         fcntl.flock(held, fcntl.LOCK_EX)
         assert run(stopped) == 2
@@ -770,6 +782,19 @@ def test_the_service_predicts_a_video_like_its_frames_as_photos(server) -> None:
         assert [len(f["faces"]) for f in followed["frames"]] != [0] * 8
         assert sum(len(f["faces"]) for f in followed["frames"]) >= 0.7 * sum(len(f["faces"]) for f in every["frames"])
         assert sum(t["frames"] >= 6 for t in followed["tracks"]) >= 3  # the same people, followed
+        # Each frame looked for whole or near as fmpn video looks for it (a face lost near: the whole frame after all,
+        # and the next whole-frame detection N frames after that one).
+        assert {f["detection"] for f in every["frames"]} == {"whole"}
+        predictor = Predictor(checkpoint_path(), detect_max_side=960)
+        for n, start in ((8, 0.0), (3, 1.0)):
+            asked = {**params, "detect_every": n, "start": start}
+            served = client.post("/v1/videos:predict", params=asked, content=clip.read_bytes())
+            frames = sample_frames(clip, fps=5, max_frames=8, window=Window(start))
+            local = [p for _, p in predict_frames(predictor, frames, detect_every=n)]
+            assert [f["detection"] for f in served.json()["frames"]] == [
+                "whole" if p.whole_frame else "near" for p in local
+            ]
+            assert [len(f["faces"]) for f in served.json()["frames"]] == [len(p.faces) for p in local]
 
 
 def test_the_service_analyses_a_window_of_a_video(server) -> None:
