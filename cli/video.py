@@ -131,7 +131,7 @@ def run_video(args: argparse.Namespace) -> int:
     info = probe_video(path)  # a clear error before the model loads
     window.check(info)
     out_path = _writable(args.out) if args.out else None
-    out = _open_output(out_path, args.resume)
+    out = _open_output(out_path)
     earlier = EarlierRun.read(out_path, args.batch) if args.resume else EarlierRun()
     predictor = build_predictor(settings)
     analysis = VideoAnalysis(
@@ -145,6 +145,7 @@ def run_video(args: argparse.Namespace) -> int:
         "detect_every": detect_every,
         "mask": args.mask,
         "batch": args.batch,  # the frames that go through the model together: the last bits of its numbers
+        "model_batch": settings.model_batch,  # ... and the faces of a forward pass
         "video_bytes": path.stat().st_size,
         "video_head_sha256": _head_sha256(path),
         **{k: model[k] for k in ("weights_sha256", "device", "dtype", "flip_average")},
@@ -168,7 +169,7 @@ def run_video(args: argparse.Namespace) -> int:
             table.close()
         print(f"fmpn video: {args.out} is finished already ({earlier.frames} frames)", file=sys.stderr)
         return 0
-    if args.resume:  # a line cut short by the stop, and the frames of a batch not finished, go
+    if out_path is not None:  # a line cut short by a stop, and the frames of a batch not finished, go
         out.truncate(earlier.size)
         out.seek(earlier.size)
     if args.jsonl and earlier.head is None:
@@ -256,6 +257,8 @@ def _writable(path: str) -> Path:
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"--out {path} is a folder: name a file in it")
+    if target.exists() and not target.is_file():
+        raise ValueError(f"--out {path} is not a regular file (a device or a pipe): name a file, or leave --out out")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -263,26 +266,26 @@ def _writable(path: str) -> Path:
     return target
 
 
-def _open_output(path: Path | None, resume: bool) -> BinaryIO:
-    """Where the answer goes: stdout, or the --out file. A file to go on with is opened as it is, and locked while the
-    run lasts: two runs going on with one file would write their frames into it in turn."""
+def _open_output(path: Path | None) -> BinaryIO:
+    """Where the answer goes: stdout, or the --out file, opened as it is (cut to what is kept once the model has
+    loaded: an error before leaves it whole) and locked while the run lasts: two runs writing one file would
+    interleave their lines."""
     import fcntl
     import os
 
     if path is None:
         return sys.stdout.buffer
     try:
-        out = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b") if resume else path.open("wb")
+        out = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+b")
     except OSError as exc:
         raise ValueError(f"--out {path}: cannot write it ({exc.strerror})") from None
-    if resume:
-        try:
-            fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            out.close()
-            raise ValueError(f"another fmpn video is writing {path}: wait for it to end") from None
-        except OSError:
-            pass  # a file system without locks (some network mounts): go on unlocked
+    try:
+        fcntl.flock(out, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        out.close()
+        raise ValueError(f"another fmpn video is writing {path}: wait for it to end") from None
+    except OSError:
+        pass  # a file system without locks (some network mounts): go on unlocked
     return out
 
 

@@ -233,12 +233,15 @@ def sample_frames(
         # A window's start is sought, unless a decoding budget is set (the service): seeking decodes from the keyframe
         # before the start, uncounted, and one keyframe can precede millions of tiny frames; there the frames before
         # the start are read one by one, within the budget.
-        target = window.start_s if resume is None else max(window.start_s, resume.time_s - _RESUME_SLACK_S)
+        slack = 1.5 / info.fps if info.fps > 0 else 0.1  # how far past the start the first frame after it may be
+        # A resumed sampling seeks a frame and a half before the last frame given, so that it lands before it (and
+        # before the first of frames that share its time); where it lands at or past it, the video is read from its
+        # first frame.
+        target = window.start_s if resume is None else max(window.start_s, resume.time_s - slack)
         sought = target > 0 and max_decoded is None
         sought = sought and capture.set(cv2.CAP_PROP_POS_MSEC, target * 1000.0)
         if sought:
             index = max(0, int(capture.get(cv2.CAP_PROP_POS_FRAMES)))  # frames keep their number in the video
-        slack = 1.5 / info.fps if info.fps > 0 else 0.1  # how far past the start the first frame after it may be
         stop = window.frame_range(info)[1] if info.frames > 0 and info.fps > 0 else 0  # 0: not known
         bad = 0  # frames in a row that could not be decoded, not yet followed by one that could
         next_time = window.start_s
@@ -264,7 +267,7 @@ def sample_frames(
             if sought:  # the first frame after seeking: OpenCV seeks by the container's frame rate, and in a video
                 # of variable rate it can land past the start (frames lost) or past the end: read from the first frame
                 sought = False
-                late = time_s > target + slack if resume is None else round(time_s, 4) > resume.time_s
+                late = time_s > target + slack if resume is None else round(time_s, 4) >= resume.time_s
                 if not ok or late:
                     capture.release()
                     capture, _ = _capture(path)
@@ -319,10 +322,6 @@ class Resume:
     frame: int
     time_s: float
     at_time: int = 1
-
-
-# How far before a resumed run's last frame it is sought: more than the rounding of the time it was reported at.
-_RESUME_SLACK_S = 1e-3
 
 
 def _next_grid_time(start_s: float, time_s: float, fps: float) -> float:

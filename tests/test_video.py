@@ -334,7 +334,8 @@ def test_a_resumed_sampling_numbers_frames_as_the_earlier_run_did(monkeypatch) -
     clip = _clip()
     whole = [(f.index, f.time_s) for f in sample_frames(clip, fps=None)]
     assert whole[30:32] == [(30, 1.2), (31, 1.2)]  # two frames at one time
-    for late_ms, frames_off, cut in [(0, 3, 40), (0, -2, 60), (40, 0, 15), (0, 0, 30), (0, 0, 31), (0, 4, 31)]:
+    cases = [(0, 3, 40), (0, -2, 60), (100, 0, 15), (0, 0, 30), (0, 0, 31), (0, 4, 31), (100, 0, 30), (100, 0, 31)]
+    for late_ms, frames_off, cut in cases:  # 100 ms late: on frame 31, the second frame at 1.2 s
         quirks.update(late_ms=late_ms, frames_off=frames_off)
         opened.clear()
         rest = [(f.index, f.time_s) for f in sample_frames(clip, fps=None, resume=_resume_after(whole, cut))]
@@ -664,10 +665,15 @@ def test_fmpn_video_resumes_a_stopped_run_where_it_stopped(fast_env, tmp_path, c
     assert run(cut, "--detect-every", "3", "--fps", "5", "--max-frames", "10") == 0
     assert "after the 8 frames in" in capsys.readouterr().err
     assert lines(cut) == want
-    with stopped.open("rb") as held:  # another run writing the file
+    with stopped.open("rb") as held:  # another run writing the file: refused, with --resume or without
         fcntl.flock(held, fcntl.LOCK_EX)
         assert run(stopped) == 2
         assert "another fmpn video is writing" in capsys.readouterr().err
+        assert main(["video", clip, "--max-frames", "1", "--out", str(stopped)]) == 2
+        assert "another fmpn video is writing" in capsys.readouterr().err
+    before = stopped.read_bytes()  # a run that fails before its first frame leaves the file as it was
+    assert main(["video", clip, "--out", str(stopped), "--weights", str(tmp_path / "none.safetensors")]) == 2
+    assert "none.safetensors" in capsys.readouterr().err and stopped.read_bytes() == before
     (tmp_path / "folder.jsonl").mkdir()
     for argv, message in [
         (["video", clip, "--resume"], "--resume goes on with the JSON lines of --jsonl --out FILE"),
@@ -677,6 +683,7 @@ def test_fmpn_video_resumes_a_stopped_run_where_it_stopped(fast_env, tmp_path, c
         ),
         (["video", clip, "--jsonl", "--out", str(tmp_path / "folder.jsonl")], "folder.jsonl is a folder"),
         (["video", clip, "--out", str(whole / "x.json")], "cannot make its folder"),
+        (["video", clip, "--jsonl", "--out", "/dev/null", "--resume"], "--out /dev/null is not a regular file"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err
