@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--resume",
         action="store_true",
         help="with --jsonl --out: go on with the file an earlier run of the same command left when it was stopped, "
-        "after the last frame it holds (the faces keep their tracks); a finished file is left as it is",
+        "after its last whole batch of frames (the faces keep their tracks), ending as an uninterrupted run's; with "
+        "no file yet, start it; a finished file is left as it is",
     )
     video.set_defaults(func=run_video)
 
