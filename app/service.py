@@ -498,14 +498,24 @@ class Service:
                 window=analysis.window,
             )
             follower = FaceFollower(detect_every)
+            # A decode still running in its thread when the request is cancelled (the client left) keeps the
+            # decoder: closing it waits for that decode to end instead of failing ("generator already executing").
+            decoding = threading.Lock()
+
+            def decode() -> list[Frame]:
+                with decoding:
+                    return list(itertools.islice(frames, BACKGROUND_PER_BATCH))
+
+            def close() -> None:
+                with decoding:
+                    frames.close()
+
             try:
                 first = True
                 while True:
                     t1 = time.perf_counter()
                     try:
-                        chunk = await anyio.to_thread.run_sync(
-                            lambda: list(itertools.islice(frames, BACKGROUND_PER_BATCH))
-                        )
+                        chunk = await anyio.to_thread.run_sync(decode)
                     except VideoDecodeError as exc:
                         raise self._undecodable(exc) from None
                     timings["decode"] += time.perf_counter() - t1
@@ -542,7 +552,7 @@ class Service:
                     for frame, (prediction, _) in zip(chunk, results, strict=True):
                         yield await anyio.to_thread.run_sync(analysis.add, frame, prediction)
             finally:
-                await anyio.to_thread.run_sync(frames.close)
+                await anyio.to_thread.run_sync(close)
         self.metrics.videos.inc()
 
     async def _submit_frames(

@@ -62,6 +62,37 @@ def test_a_video_whose_client_leaves_stops_decoding(server) -> None:
     assert frames < 40  # stopped part way, not run to the end for no one
 
 
+def test_a_video_whose_client_leaves_while_its_frames_decode_ends_as_499(server, monkeypatch) -> None:
+    """The client leaves while the decoder's thread is reading frames: the decoder is closed once that read ends
+    (closed while it ran, it failed with "generator already executing", a 500; seen once in CI)."""
+    import app.service as service
+
+    real, reading = service.sample_frames, []
+
+    def slow(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - sample_frames' own
+        for frame in real(*args, **kwargs):
+            reading.append(time.monotonic())
+            time.sleep(0.4)  # most of the time in the decoder's thread
+            yield frame
+
+    monkeypatch.setattr(service, "sample_frames", slow)
+    route = "/v1/videos:predict"
+
+    def count(status: str) -> float:
+        with server.client() as client:
+            return metric_value(client.get("/metrics").text, "fmpn_http_requests_total", route=route, status=status)
+
+    gone, failed = count("499"), count("500")
+    clip = require_data("photos", "clip-multiface.mp4").read_bytes()
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=server.url, timeout=httpx.Timeout(30, read=1.0)) as c:
+        c.post(route, params={"fps": 10, "max_frames": 40}, content=clip)
+    deadline = time.monotonic() + 60
+    while count("499") == gone and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert count("499") == gone + 1 and count("500") == failed
+    assert len(reading) < 40  # stopped part way
+
+
 def test_an_upload_cut_off_is_not_a_server_error(server) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port)) as sock:
