@@ -270,6 +270,31 @@ def test_a_window_is_the_videos_frames_from_start_to_end() -> None:
             Window(start, end)
 
 
+class _CaptureProxy:
+    """A cv2.VideoCapture with a quirk of some videos' (a subclass overrides ``set`` or ``get``)."""
+
+    def __init__(self, capture) -> None:  # noqa: ANN001 - cv2.VideoCapture
+        self.capture = capture
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.capture, name)
+
+
+def _wrap_captures(monkeypatch, proxy: type[_CaptureProxy]) -> list:
+    """Every video ``sample_frames`` opens from now on, wrapped in ``proxy``; the list of paths opened."""
+    import fmpn.video as video
+
+    real, opened = video._capture, []
+
+    def capture(path):  # noqa: ANN001, ANN202
+        cap, info = real(path)
+        opened.append(path)
+        return proxy(cap), info
+
+    monkeypatch.setattr(video, "_capture", capture)
+    return opened
+
+
 def _resume_after(frames: list, k: int) -> Resume:
     """Where a run that gave ``frames`` (index, time) and stopped after the k-th stands, as its answer says it."""
     time_s = round(frames[k][1], 4)
@@ -300,15 +325,10 @@ def test_a_resumed_sampling_numbers_frames_as_the_earlier_run_did(monkeypatch) -
     """In a video of variable rate OpenCV's seek lands by the container's average rate: its frame numbers after a
     seek are estimates, it can land past the frame sought, and frames can share a timestamp. A resumed sampling
     must still give the frames an uninterrupted one gives after the stop, numbered as it numbers them."""
-    import fmpn.video as video
-
-    real, opened = video._capture, []
     quirks = {"late_ms": 0.0, "frames_off": 0}
 
-    class Variable:  # frame 31 stamped with frame 30's time; a seek that lands late, or misnumbers what it finds
-        def __init__(self, capture) -> None:  # noqa: ANN001 - cv2.VideoCapture
-            self.capture = capture
-            self.sought = False
+    class Variable(_CaptureProxy):  # frame 31 stamped with frame 30's time; a seek that lands late or misnumbers
+        sought = False
 
         def set(self, prop: int, value: float) -> bool:
             self.sought = prop == cv2.CAP_PROP_POS_MSEC
@@ -322,15 +342,7 @@ def test_a_resumed_sampling_numbers_frames_as_the_earlier_run_did(monkeypatch) -
                 return value + quirks["frames_off"]
             return value
 
-        def __getattr__(self, name: str):  # noqa: ANN204
-            return getattr(self.capture, name)
-
-    def capture(path):  # noqa: ANN001, ANN202
-        cap, info = real(path)
-        opened.append(path)
-        return Variable(cap), info
-
-    monkeypatch.setattr(video, "_capture", capture)
+    opened = _wrap_captures(monkeypatch, Variable)
     clip = _clip()
     whole = [(f.index, f.time_s) for f in sample_frames(clip, fps=None)]
     assert whole[30:32] == [(30, 1.2), (31, 1.2)]  # two frames at one time
@@ -346,26 +358,12 @@ def test_a_resumed_sampling_numbers_frames_as_the_earlier_run_did(monkeypatch) -
 def test_a_seek_that_lands_past_the_start_reads_from_the_first_frame(monkeypatch) -> None:
     """OpenCV seeks by the container's frame rate: in a video of variable rate it can land past the start, which
     would lose frames. The first frame after the seek is checked, and the video read from its first frame."""
-    import fmpn.video as video
 
-    real, opened = video._capture, []
-
-    class Overshooting:  # as a variable-rate video does: the seek lands half a second late
-        def __init__(self, capture) -> None:  # noqa: ANN001 - cv2.VideoCapture
-            self.capture = capture
-
+    class Overshooting(_CaptureProxy):  # as a variable-rate video does: the seek lands half a second late
         def set(self, prop: int, value: float) -> bool:
             return self.capture.set(prop, value + 500 if prop == cv2.CAP_PROP_POS_MSEC else value)
 
-        def __getattr__(self, name: str):  # noqa: ANN204
-            return getattr(self.capture, name)
-
-    def capture(path):  # noqa: ANN001, ANN202
-        cap, info = real(path)
-        opened.append(path)
-        return Overshooting(cap), info
-
-    monkeypatch.setattr(video, "_capture", capture)
+    opened = _wrap_captures(monkeypatch, Overshooting)
     frames = list(sample_frames(_clip(), fps=None, window=Window(1.0, 1.4)))
     assert [f.index for f in frames] == list(range(25, 35)) and len(opened) == 2  # opened again, read from frame 0
     assert frames[0].time_s == pytest.approx(1.0)
