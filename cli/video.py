@@ -135,11 +135,9 @@ def run_video(args: argparse.Namespace) -> int:
     out = _open_output(out_path)
     earlier = EarlierRun.read(out_path, args.batch) if args.resume else EarlierRun()
     predictor = build_predictor(settings)
-    analysis = VideoAnalysis(
-        info, predictor.info(), fps, args.max_frames, args.mask, keep_frames=not args.jsonl, window=window
-    )
-    # What the answer depends on beyond the head's fields: a resumed run must have been asked the same.
     model = predictor.info()
+    analysis = VideoAnalysis(info, model, fps, args.max_frames, args.mask, keep_frames=not args.jsonl, window=window)
+    # What the answer depends on beyond the head's fields: a resumed run must have been asked the same.
     options = {
         "max_frames": args.max_frames,
         "max_faces": settings.max_faces if args.max_faces is None else args.max_faces,
